@@ -1,0 +1,182 @@
+"""One configuration system: YAML files in ``configs/`` + command-line overrides.
+
+``configs/base.yaml`` is the schema: every key the project knows, grouped in sections, with
+the released VOC defaults. Other configs name a parent with ``_base_`` and override keys;
+an unknown key is an error. Every leaf is also a command-line flag under its own name
+(leaf names are unique across sections), so the released flag names work as they did:
+``--voc12_root``, ``--max_epoches``, ``--camT``, ``--crf True``, ...
+
+Entry points see the resolved config as a flat ``argparse.Namespace`` (``args.crop_size``) and
+keep the nested dict (``args.config_dict``) to save it with checkpoints and outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tool.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+BASE_CONFIG = CONFIG_DIR / "base.yaml"
+TRUE_WORDS = ("true", "1", "yes", "y", "on")
+FALSE_WORDS = ("false", "0", "no", "n", "off")
+
+
+def str2bool(value: str | bool) -> bool:
+    """Decision D4: ``True/False/true/false/1/0/yes/no``; anything else is an error."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in TRUE_WORDS:
+        return True
+    if v in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0/yes/no), got {value!r}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(d, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections")
+    return d
+
+
+def _merge(base: dict, over: dict, schema: dict, where: Path, prefix: str = "") -> dict:
+    """Recursively override ``base`` with ``over``; keys must exist in ``schema``."""
+    out = copy.deepcopy(base)
+    for key, val in over.items():
+        if key not in schema:
+            raise UserError(f"unknown config key '{prefix}{key}' in {where}")
+        if isinstance(schema[key], dict):
+            if not isinstance(val, dict):
+                raise UserError(f"config key '{prefix}{key}' in {where} must be a section")
+            out[key] = _merge(out[key], val, schema[key], where, f"{prefix}{key}.")
+        else:
+            out[key] = val
+    return out
+
+
+def load_config(path: str | Path) -> dict:
+    """Load a config file, following its ``_base_`` chain down to ``configs/base.yaml``."""
+    path = Path(path)
+    schema = _read_yaml(BASE_CONFIG)
+    if path.resolve() == BASE_CONFIG:
+        return schema
+    raw = _read_yaml(path)
+    parent = raw.pop("_base_", None)
+    base = load_config(path.parent / parent) if parent else schema
+    return _merge(base, raw, schema, path)
+
+
+def leaves(cfg: dict) -> dict[str, tuple[str, Any]]:
+    """Flat view: leaf name -> (section, value)."""
+    return {k: (sec, v) for sec, body in cfg.items() for k, v in body.items()}
+
+
+def _arg_type(default: Any):
+    if isinstance(default, bool):
+        return str2bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    if isinstance(default, list):
+        return _parse_list
+    return _parse_optional_str
+
+
+def _parse_list(text: str) -> list:
+    """``448,768`` or ``[448, 768]`` -> ``[448, 768]``."""
+    t = text.strip()
+    val = yaml.safe_load(t if t.startswith("[") else f"[{t}]")
+    if not isinstance(val, list):
+        raise argparse.ArgumentTypeError(f"expected a list like 1,2,3, got {text!r}")
+    return val
+
+
+def _parse_optional_str(text: str) -> str | None:
+    """Paths and names; ``None``/``null``/empty mean "not given" (quirk Q7)."""
+    return None if text.strip() in ("", "None", "none", "null") else text
+
+
+def build_parser(cfg: dict, sections: list[str], description: str) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per leaf of the chosen sections (defaults from cfg)."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config (see configs/)")
+    for sec in sections:
+        g = p.add_argument_group(sec)
+        for key, val in cfg[sec].items():
+            kw: dict[str, Any] = {"default": val, "type": _arg_type(val), "metavar": key.upper()}
+            if isinstance(val, bool):
+                kw.update(nargs="?", const=True, metavar="BOOL")
+            g.add_argument(f"--{key}", **kw)
+    return p
+
+
+def parse_config_args(argv: list[str] | None, sections: list[str], description: str,
+                      default_config: str | Path,
+                      extra: callable | None = None) -> argparse.Namespace:
+    """Resolve ``--config`` + flag overrides into a flat Namespace.
+
+    ``extra(parser)`` may add entry-point flags that are not config keys (``--resume``).
+    The namespace carries ``config_dict`` (the resolved nested config) and ``config_path``.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=str(default_config))
+    known, _ = pre.parse_known_args(argv)
+    cfg = load_config(known.config)
+    parser = build_parser(cfg, sections, description)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    args.config = known.config
+    for sec in sections:
+        for key in cfg[sec]:
+            cfg[sec][key] = getattr(args, key)
+    _interpolate(cfg, args)
+    args.config_dict = cfg
+    args.config_path = known.config
+    return args
+
+
+_REF = re.compile(r"\{(\w+)\}")
+
+
+def _interpolate(cfg: dict, args: argparse.Namespace) -> None:
+    """Expand ``{leaf}`` references in string values (``{voc12_root}/cls_labels.npy``).
+
+    Resolved after the command line, so ``--voc12_root X`` moves every path built on it.
+    """
+    flat = {k: v for body in cfg.values() for k, v in body.items()}
+
+    def expand(val: Any, depth: int = 0) -> Any:
+        if not isinstance(val, str) or "{" not in val or depth > 5:
+            return val
+
+        def sub(m: re.Match) -> str:
+            if m.group(1) not in flat:
+                raise UserError(f"config value {val!r} refers to unknown key {m.group(1)!r}")
+            return str(expand(flat[m.group(1)], depth + 1))
+
+        return _REF.sub(sub, val)
+
+    for body in cfg.values():
+        for key, val in body.items():
+            body[key] = expand(val)
+            setattr(args, key, body[key])
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

@@ -1,0 +1,31 @@
+"""The one exception type for bad user input, and the CLI wrapper that prints it."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """Bad input (a file, a flag, a config key): shown to the user as one line, exit code 2."""
+
+
+def cli_main(main: Callable[[], object]) -> None:
+    """Run ``main`` and turn a :class:`UserError` into a one-line message and a non-zero exit."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept; rerun the same command to continue",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def one_line(e: UserError) -> str:
+    """The message of ``e``; for errors re-raised by a DataLoader worker (which wraps them in
+    the worker's traceback), the original message only."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+    return text.splitlines()[0] if text else type(e).__name__
