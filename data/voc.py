@@ -1,0 +1,120 @@
+"""PASCAL VOC 2012 readers: class names, palette, list files, image-level labels, images, masks.
+
+Names are always kept in their underscore form (``2007_000032``), as in MuSCLe/IRN (SPEC 1.1).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tool.errors import UserError
+
+CLASS_NAMES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+CAT_NAMES = ("background",) + CLASS_NAMES  # index 0 = background, c = VOC class c
+NUM_CLASSES = 21
+IGNORE_INDEX = 255
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def voc_palette() -> list[int]:
+    """The 256-entry VOC colour map as a flat ``[r, g, b, ...]`` list (PIL ``putpalette`` form)."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+def parse_list_line(line: str) -> str:
+    """One list line -> underscore image name.
+
+    Accepts ``2007_000032`` and ``/JPEGImages/2007_000032.jpg /SegmentationClassAug/...png``:
+    the basename of the first token without its extension (SPEC 1.1, MuSCLe parsing).
+    """
+    return os.path.splitext(os.path.basename(line.split()[0]))[0]
+
+
+def load_img_name_list(path: str | os.PathLike) -> list[str]:
+    """Read a list file (either form, blank lines skipped) into underscore names."""
+    try:
+        with open(path) as f:
+            names = [parse_list_line(ln) for ln in f if ln.strip()]
+    except OSError as e:
+        raise UserError(f"cannot read list file {path}: {e.strerror}") from None
+    if not names:
+        raise UserError(f"list file {path} is empty")
+    return names
+
+
+def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load ``cls_labels.npy``: dict underscore name -> float32 (20,) multi-hot (SPEC 1.2)."""
+    try:
+        d = np.load(path, allow_pickle=True).item()
+    except FileNotFoundError:
+        raise UserError(f"image-level label file not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise UserError(f"{path} is not a cls_labels.npy dict ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path} is not a cls_labels.npy dict")
+    return d
+
+
+def lookup_labels(cls_labels: dict, names: list[str], where: str = "cls_labels.npy") -> np.ndarray:
+    """Stack the (20,) labels of ``names`` into an (N, 20) float32 array; absent name -> error."""
+    out = np.zeros((len(names), 20), np.float32)
+    for i, n in enumerate(names):
+        if n not in cls_labels:
+            raise UserError(f"image {n} has no entry in {where}")
+        out[i] = np.asarray(cls_labels[n], np.float32)
+    return out
+
+
+def image_path(voc12_root: str | os.PathLike, name: str) -> Path:
+    return Path(voc12_root) / "JPEGImages" / f"{name}.jpg"
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB PIL, fully decoded, with a clear error for missing or corrupt files."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a palettised label PNG as its (H, W) uint8 index array (255 = ignore)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise UserError(f"mask {path} is mode {im.mode}, expected a palette or grey PNG")
+            return np.array(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"mask not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"cannot read mask {path}: {e}") from None
+
+
+def save_label_png(label: np.ndarray, path: str | os.PathLike) -> None:
+    """Write an (H, W) uint8 label map as a VOC-palette PNG, atomically."""
+    from tool.fileio import atomic_save
+
+    im = Image.fromarray(np.asarray(label, np.uint8), mode="P")
+    im.putpalette(voc_palette())
+    atomic_save(path, lambda f: im.save(f, format="PNG"))
