@@ -1,0 +1,81 @@
+"""Benchmark runner: ``python -m tool.bench [--only eval[,other]] [--json PATH]``.
+
+A section is a module in SECTIONS with ``run(args) -> dict`` (prints its own small table and
+returns its numbers) and, optionally, ``add_args(group)`` for options of its own, named with
+the section as prefix (``--eval_workers``). Registering a section is one entry in SECTIONS.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+from tool.errors import UserError, cli_main
+from tool.fileio import save_text
+
+SECTIONS: dict[str, str] = {  # section name -> module
+    "eval": "tool.bench_eval",
+}
+
+
+def ensure_toy_voc(root: str | Path, seed: int = 0) -> Path | None:
+    """The toy VOC folder, generated with ``data.toy_voc`` when missing; None without it."""
+    root = Path(root)
+    if root.is_dir():
+        return root
+    if find_spec("data.toy_voc") is None:
+        return None
+    print(f"generating the toy VOC data set in {root} ...", flush=True)
+    cmd = [sys.executable, "-m", "data.toy_voc", "--out", str(root), "--seed", str(seed)]
+    if subprocess.run(cmd).returncode != 0:
+        raise UserError(f"could not generate the toy VOC data set in {root}")
+    return root
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    """A plain aligned table; floats with 3 significant decimals."""
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"== {title}")
+    print("  ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
+    for r in cells:
+        print("  ".join(f"{c:>{w}}" for c, w in zip(r, widths)))
+
+
+def _selected(only: str | None) -> list[str]:
+    names = list(SECTIONS) if not only else [s.strip() for s in only.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise UserError(f"--only: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Speed benchmarks, one table per section.")
+    parser.add_argument("--only", default=None, help=f"sections, comma-separated: {list(SECTIONS)}")
+    parser.add_argument("--voc12_root", default="data/toy_voc",
+                        help="data set root (the toy VOC is generated here when missing)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write all results here")
+    first, _ = parser.parse_known_args(argv)
+    modules = {n: importlib.import_module(SECTIONS[n]) for n in _selected(first.only)}
+    for name, mod in modules.items():
+        if hasattr(mod, "add_args"):
+            mod.add_args(parser.add_argument_group(f"section {name}"))
+    args = parser.parse_args(argv)
+    results = {}
+    for name, mod in modules.items():
+        t0 = time.perf_counter()
+        results[name] = mod.run(args)
+        print(f"(section {name}: {time.perf_counter() - t0:.1f} s)\n", flush=True)
+    if args.json:
+        save_text(args.json, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    cli_main(main)

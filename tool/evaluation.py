@@ -1,0 +1,397 @@
+"""mIoU of CAM dicts or label PNGs against VOC masks, with MuSCLe/SEAM semantics (SPEC 7, D9).
+
+Reference semantics (``do_python_eval``), reproduced exactly:
+
+* npy prediction: a dict {0-based foreground class k: float H x W map}. A float32 (21, H, W)
+  zero tensor gets map k at channel k + 1 and the constant t at channel 0; the prediction is
+  the argmax with ties to the lowest index. Absent classes stay 0 channels, so they can win
+  where every present map is negative and t < 0. No resize.
+* png prediction: the palette indices themselves.
+* valid pixels are gt < 255; P_c, T_c and TP_c are summed over the whole dataset and
+  IoU_c = TP_c / (T_c + P_c - TP_c + 1e-10); mIoU is the mean over all 21 classes x 100.
+
+Unlike the reference, a whole threshold curve costs one pass over the files. Per pixel let m be
+the largest foreground value and a its first argmax; for threshold t the prediction is 0 when
+float32(t) >= m and a + 1 otherwise. With sorted thresholds, the number of thresholds strictly
+below m says from which threshold on the pixel turns background, so one bincount over
+(that count, gt, a + 1) and a cumulative sum give every threshold's confusion matrix.
+
+Confusion matrices are int64 arrays indexed [threshold, gt, pred], shape (T, 21, 21). A png
+prediction may hold values that are no class (255 in IRN-style labels); as in the reference
+those pixels still count in T of their GT class, so png matrices carry one extra column for
+them: shape (1, 21, 22). Every function below accepts either width.
+
+Deliberate differences from the reference, all for inputs it would crash on or miscount:
+counts are int64 (the reference sums into 32-bit shared ints); GT values outside 0..20 and 255,
+NaN maps, malformed dicts and size mismatches are errors naming the file; an empty dict is
+read as "no foreground class" at the GT size (the reference cannot read its size).
+"""
+from __future__ import annotations
+
+import decimal
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from data.voc import CAT_NAMES, IGNORE_INDEX, NUM_CLASSES, load_mask
+from tool.errors import UserError
+
+NUM_FG = NUM_CLASSES - 1
+NO_CLASS = NUM_CLASSES  # png-only confusion column: valid pixels predicted as a non-class value
+DEFAULT_T_RANGE = "0.00:0.60:0.01"  # eval_cam.py --curve (D9)
+MAX_THRESHOLDS = 10000
+EPS = 1e-10
+_GT_ROW = np.arange(256, dtype=np.intp)  # GT value -> confusion row; 255 -> spare row 21
+_GT_ROW[IGNORE_INDEX] = NUM_CLASSES
+
+
+# ---------------------------------------------------------------- thresholds
+
+
+def parse_t_range(text: str) -> np.ndarray:
+    """``"START:STOP:STEP"`` -> float64 (T,) thresholds START, START + STEP, ... < STOP.
+
+    Computed in decimal arithmetic, so ``0.00:0.60:0.01`` gives exactly 60 values whose floats
+    equal ``i / 100`` (the reference's ``0.07`` is the same double as ours).
+    """
+    parts = str(text).split(":")
+    if len(parts) != 3:
+        raise UserError(f"--t_range must be START:STOP:STEP, got {text!r}")
+    try:
+        start, stop, step = (decimal.Decimal(p.strip()) for p in parts)
+    except decimal.InvalidOperation:
+        raise UserError(f"--t_range must be three numbers START:STOP:STEP, got {text!r}") from None
+    if not all(v.is_finite() for v in (start, stop, step)):
+        raise UserError(f"--t_range values must be finite, got {text!r}")
+    if step <= 0 or stop <= start:
+        raise UserError(f"--t_range needs STEP > 0 and STOP > START, got {text!r}")
+    n = int(((stop - start) / step).to_integral_value(rounding=decimal.ROUND_CEILING))
+    if n > MAX_THRESHOLDS:
+        raise UserError(f"--t_range {text!r} gives {n} thresholds, more than {MAX_THRESHOLDS}")
+    return np.array([float(start + i * step) for i in range(n)], np.float64)
+
+
+def _as_thresholds(thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
+    thr = np.asarray(thresholds, np.float64).reshape(-1)
+    if thr.size == 0 or not np.all(np.isfinite(thr)):
+        raise UserError("thresholds must be a non-empty list of finite numbers")
+    return thr
+
+
+# ---------------------------------------------------------------- per-image confusion
+
+
+def _check_gt(gt: np.ndarray, where: str) -> np.ndarray:
+    gt = np.asarray(gt)
+    if gt.ndim != 2 or gt.dtype.kind not in "ui":
+        raise UserError(f"{where}: ground truth must be a 2-D integer array, got {gt.shape}")
+    if np.any((gt > NUM_FG) & (gt != IGNORE_INDEX)) or np.any(gt < 0):
+        raise UserError(f"{where}: ground-truth values outside 0..{NUM_FG} and 255")
+    return gt
+
+
+def _check_dict(pred: object, shape: tuple[int, int], where: str) -> dict[int, np.ndarray]:
+    """Validate a CAM dict: int keys 0..19 -> numeric 2-D maps of the GT size."""
+    if not isinstance(pred, dict):
+        raise UserError(f"{where}: not a dict of class index -> 2-D map "
+                        f"(got {type(pred).__name__})")
+    out = {}
+    for k, v in pred.items():
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) \
+                or not 0 <= k < NUM_FG:
+            raise UserError(f"{where}: dict key {k!r} is not a class index 0..{NUM_FG - 1}")
+        v = np.asarray(v)
+        if v.ndim != 2 or v.dtype.kind not in "biuf":
+            raise UserError(f"{where}: map of class {k} is not a 2-D numeric array "
+                            f"(shape {v.shape}, dtype {v.dtype})")
+        if v.shape != shape:
+            raise UserError(f"{where}: map of class {k} is {v.shape[0]}x{v.shape[1]} but the "
+                            f"ground truth is {shape[0]}x{shape[1]}")
+        out[int(k)] = v
+    return out
+
+
+def fg_max_argmax(pred: dict[int, np.ndarray], shape: tuple[int, int],
+                  where: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
+    """Max and first argmax over the 20 float32 foreground channels of a CAM dict.
+
+    Returns m: float32 (H, W) and label: intp (H, W) in 1..20 (= argmax + 1). Absent classes
+    are zero channels; only the lowest-index absent one can win a tie, so it stands for all.
+    """
+    maps = _check_dict(pred, shape, where)
+    absent = [k for k in range(NUM_FG) if k not in maps][:1]
+    m = label = None
+    for k in sorted(list(maps) + absent):
+        v = np.asarray(maps[k], np.float32) if k in maps else np.float32(0)  # reference casts
+        if m is None:
+            m = np.broadcast_to(v, shape).astype(np.float32)  # a fresh, writable copy
+            label = np.full(shape, k + 1, np.intp)
+            continue
+        label[v > m] = k + 1  # strictly greater: ties keep the lower class
+        np.maximum(m, v, out=m)  # propagates NaN, caught below
+    if np.isnan(m).any():
+        raise UserError(f"{where}: a map contains NaN")
+    return m, label
+
+
+def confusion_npy(pred: dict[int, np.ndarray], gt: np.ndarray,
+                  thresholds: Sequence[float] | np.ndarray,
+                  where: str = "prediction") -> np.ndarray:
+    """Confusion matrices of one CAM dict for every threshold at once.
+
+    pred: {0-based class k: (H, W) map}; gt: (H, W) ints in 0..20 or 255; thresholds: (T,).
+    Returns int64 (T, 21, 21) indexed [threshold, gt, pred], thresholds in the given order.
+    """
+    thr = _as_thresholds(thresholds).astype(np.float32)  # the reference compares in float32
+    gt = _check_gt(gt, where)
+    m, label = fg_max_argmax(pred, gt.shape, where)
+    order = np.argsort(thr, kind="stable")
+    # thresholds strictly below m predict the foreground label, the others background
+    n_below = np.searchsorted(thr[order], m, side="left")
+    n_t, c = len(thr), NUM_CLASSES
+    rows = _GT_ROW[gt]  # ignored pixels go to a spare row, dropped below
+    hist = np.bincount(((n_below * (c + 1) + rows) * c + label).ravel(),
+                       minlength=(n_t + 1) * (c + 1) * c)
+    hist = hist.reshape(n_t + 1, c + 1, c)[:, :c].astype(np.int64)
+    # threshold j (sorted): foreground from pixels with n_below > j, background from the rest
+    conf_sorted = np.cumsum(hist[::-1], axis=0)[::-1][1:].copy()
+    conf_sorted[:, :, 0] += np.cumsum(hist.sum(axis=2), axis=0)[:n_t]
+    conf = np.empty_like(conf_sorted)
+    conf[order] = conf_sorted
+    return conf
+
+
+def confusion_png(pred: np.ndarray, gt: np.ndarray, where: str = "prediction") -> np.ndarray:
+    """Confusion matrix of one label map: (H, W) ints -> int64 (1, 21, 22) [_, gt, pred].
+
+    Column 21 counts valid pixels whose prediction is not a class 0..20 (e.g. 255): they are
+    misses for their GT class, exactly as in the reference, and predictions of no class.
+    """
+    gt = _check_gt(gt, where)
+    pred = np.asarray(pred)
+    if pred.ndim != 2 or pred.dtype.kind not in "biu":
+        raise UserError(f"{where}: prediction must be a 2-D integer label map, got {pred.shape}")
+    if pred.shape != gt.shape:
+        raise UserError(f"{where}: prediction is {pred.shape[0]}x{pred.shape[1]} but the "
+                        f"ground truth is {gt.shape[0]}x{gt.shape[1]}")
+    valid = gt != IGNORE_INDEX
+    p = pred[valid].astype(np.int64)
+    p[(p < 0) | (p > NUM_FG)] = NO_CLASS
+    cols = NUM_CLASSES + 1
+    hist = np.bincount(gt[valid].astype(np.int64) * cols + p, minlength=NUM_CLASSES * cols)
+    return hist.reshape(1, NUM_CLASSES, cols).astype(np.int64, copy=False)
+
+
+# ---------------------------------------------------------------- IoU
+
+
+def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
+    """Per-class IoU (fractions) from (..., 21, 21) or png-style (..., 21, 22) -> (..., 21)."""
+    conf = np.asarray(conf)
+    if conf.ndim < 2 or conf.shape[-2] != NUM_CLASSES or conf.shape[-1] not in (21, 22):
+        raise ValueError(f"confusion must be (..., 21, 21) or (..., 21, 22), got {conf.shape}")
+    sq = conf[..., :NUM_CLASSES]
+    tp = np.diagonal(sq, axis1=-2, axis2=-1)
+    t = conf.sum(axis=-1)  # includes the no-class column
+    p = sq.sum(axis=-2)
+    return tp / (t + p - tp + EPS)
+
+
+def miou_from_confusion(conf: np.ndarray) -> float:
+    """mIoU in percent over all 21 classes (background included) of one (21, 21|22) matrix."""
+    if np.ndim(conf) != 2:
+        raise ValueError(f"expected one (21, 21) matrix, got shape {np.shape(conf)}")
+    return float(np.mean(iou_from_confusion(conf)) * 100)
+
+
+def miou_curve(conf: np.ndarray) -> np.ndarray:
+    """mIoU in percent per threshold: (T, 21, 21|22) -> float64 (T,)."""
+    return np.array([miou_from_confusion(c) for c in conf], np.float64)
+
+
+# ---------------------------------------------------------------- files
+
+
+def load_cam_dict(path: str | os.PathLike) -> dict:
+    """Load a CAM hand-off npy (pickled dict, SPEC 6); missing or non-dict file -> UserError."""
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except FileNotFoundError:
+        raise UserError(f"prediction not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise UserError(f"cannot read prediction {path} ({type(e).__name__})") from None
+    if not (isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ()):
+        raise UserError(f"{path} is not a dict of class index -> 2-D map")
+    return obj.item()
+
+
+def confusion_file(name: str, predict_dir: str | os.PathLike, gt_dir: str | os.PathLike,
+                   kind: str, thresholds: np.ndarray | None) -> np.ndarray:
+    """Confusion of ``<predict_dir>/<name>.<kind>`` against ``<gt_dir>/<name>.png``."""
+    pred_path = Path(predict_dir) / f"{name}.{kind}"
+    if not pred_path.is_file():
+        raise UserError(f"prediction not found: {pred_path}")
+    gt_path = Path(gt_dir) / f"{name}.png"
+    gt = _check_gt(load_mask(gt_path), str(gt_path))
+    if kind == "png":
+        return confusion_png(load_mask(pred_path), gt, where=str(pred_path))
+    return confusion_npy(load_cam_dict(pred_path), gt, thresholds, where=str(pred_path))
+
+
+def _confusion_chunk(job: tuple) -> np.ndarray:
+    names, predict_dir, gt_dir, kind, thresholds = job
+    total = None
+    for name in names:
+        conf = confusion_file(name, predict_dir, gt_dir, kind, thresholds)
+        total = conf if total is None else total + conf
+    return total
+
+
+def default_num_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def accumulate(names: Sequence[str], predict_dir: str | os.PathLike,
+               gt_dir: str | os.PathLike, kind: str, thresholds: np.ndarray | None,
+               num_workers: int) -> np.ndarray:
+    """Sum of per-file confusions over ``names``, in a process pool when num_workers > 1."""
+    names = list(names)
+    workers = min(max(int(num_workers), 1), len(names))
+    if workers == 1:
+        return _confusion_chunk((names, predict_dir, gt_dir, kind, thresholds))
+    n_chunks = min(len(names), workers * 4)  # several chunks per worker balance uneven files
+    bounds = np.linspace(0, len(names), n_chunks + 1).astype(int)
+    jobs = [(names[a:b], predict_dir, gt_dir, kind, thresholds)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    with Pool(workers) as pool:
+        return sum(pool.imap_unordered(_confusion_chunk, jobs))
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class CurveResult:
+    """Evaluation over a dataset: one mIoU per threshold (a single entry for png).
+
+    thresholds: list of floats, ``[None]`` for png; miou: percent per threshold;
+    per_class: {class name: IoU percent} at the best threshold; confusion: (T, 21, 21|22).
+    """
+
+    thresholds: list
+    miou: list
+    per_class: dict
+    best_t: float | None
+    best_miou: float
+    confusion: np.ndarray
+
+    @classmethod
+    def from_confusion(cls, conf: np.ndarray, thresholds: np.ndarray | None) -> CurveResult:
+        curve = miou_curve(conf)
+        best = int(np.argmax(curve))  # first index of the maximum
+        ts = [None] if thresholds is None else [float(t) for t in thresholds]
+        ious = iou_from_confusion(conf[best]) * 100
+        return cls(thresholds=ts, miou=[float(v) for v in curve],
+                   per_class={n: float(v) for n, v in zip(CAT_NAMES, ious)},
+                   best_t=ts[best], best_miou=float(curve[best]), confusion=conf)
+
+    def to_json(self) -> dict:
+        return {"thresholds": list(self.thresholds), "miou": list(self.miou),
+                "best": {"t": self.best_t, "miou": self.best_miou},
+                "per_class": dict(self.per_class)}
+
+
+def evaluate(names: Sequence[str], predict_dir: str | os.PathLike, gt_dir: str | os.PathLike,
+             kind: str = "npy", thresholds: Sequence[float] | np.ndarray | None = None,
+             num_workers: int | None = None) -> CurveResult:
+    """Evaluate ``<predict_dir>/<name>.<kind>`` against ``<gt_dir>/<name>.png`` for all names.
+
+    npy: every threshold in one pass (default: the D9 curve 0.00 ... 0.59); png: thresholds
+    are not used. num_workers: processes (default min(8, cpus); 0 or 1 = in this process).
+    """
+    if kind not in ("npy", "png"):
+        raise UserError(f"--type must be npy or png, got {kind!r}")
+    if not names:
+        raise UserError("no images to evaluate (empty list)")
+    thr = None
+    if kind == "npy":
+        thr = parse_t_range(DEFAULT_T_RANGE) if thresholds is None else _as_thresholds(thresholds)
+    workers = default_num_workers() if num_workers is None else num_workers
+    conf = accumulate(names, predict_dir, gt_dir, kind, thr, workers)
+    return CurveResult.from_confusion(conf, thr)
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def format_t(t: float | None) -> str:
+    """``0.30`` style (at least two decimals, more when needed); ``-`` for png (no threshold)."""
+    if t is None:
+        return "-"
+    s = f"{t:.2f}"
+    return s if float(s) == t else f"{t:.10g}"
+
+
+def result_line(res: CurveResult) -> str:
+    """The final line of eval_cam.py: ``mIoU: 61.23% at t=0.30`` (``at t=-`` for png)."""
+    return f"mIoU: {res.best_miou:.2f}% at t={format_t(res.best_t)}"
+
+
+def per_class_table(res: CurveResult) -> str:
+    lines = [f"{'class':<14}{'IoU %':>8}"]
+    lines += [f"{name:<14}{iou:>8.2f}" for name, iou in res.per_class.items()]
+    return "\n".join(lines)
+
+
+def curve_lines(res: CurveResult) -> list[str]:
+    return [f"t={format_t(t)}\tmIoU={v:.3f}%" for t, v in zip(res.thresholds, res.miou)]
+
+
+def save_curve_plot(res: CurveResult, path: str | os.PathLike) -> None:
+    """PNG of mIoU against threshold with the best point marked (Agg backend), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tool.fileio import atomic_save
+
+    if res.best_t is None:
+        raise UserError("--plot needs a threshold curve (--type npy)")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        ax.plot(res.thresholds, res.miou, marker=".", lw=1)
+        ax.plot([res.best_t], [res.best_miou], "r*", ms=12,
+                label=f"best {res.best_miou:.2f}% at t={format_t(res.best_t)}")
+        ax.set_xlabel("background threshold t")
+        ax.set_ylabel("mIoU (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+        fig.tight_layout()
+        atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def log_record(res: CurveResult, comment: str, args: dict, when: str) -> str:
+    """One appended evaluation-log record: time and comment, args, result, curve if any."""
+    lines = [f"{when}\t{comment}", f"args: {args}", result_line(res)]
+    if len(res.miou) > 1:
+        lines += curve_lines(res)
+    return "\n".join(lines + ["=" * 40]) + "\n"
+
+
+def append_log(path: str | os.PathLike, record: str) -> None:
+    """Append ``record`` to a text log by rewriting it atomically (never a torn record)."""
+    from tool.fileio import save_text
+
+    path = Path(path)
+    try:
+        old = path.read_text() if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read log file {path}: {e}") from None
+    save_text(path, old + record)
