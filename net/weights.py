@@ -1,0 +1,156 @@
+"""Checkpoint loading with a key report: ImageNet weights into a backbone, whole CAMNet weights.
+
+Nothing is ever downloaded: every path is a local file. Loading is never a silent
+``strict=False``: missing backbone keys and shape mismatches raise :class:`UserError`, and
+unexpected keys (e.g. the ImageNet ``fc.*``) are reported and logged (SPEC D3, D7).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tool.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Keys under which a checkpoint dict may hold the state dict, most specific first:
+# released PL-Mix dicts, our trainer's checkpoints, common third-party wrappers.
+STATE_DICT_KEYS = ("model_state_dict", "model", "state_dict")
+NO_WEIGHTS = (None, "", "none", "None", "null")
+_SHOW = 5  # keys named in one-line messages
+
+
+@dataclass
+class LoadReport:
+    """What a load did: the file, the tensors loaded, and the keys that did not match."""
+
+    path: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "key: file [shape] vs model [shape]"
+
+    def __str__(self) -> str:
+        parts = [f"{self.path}: {self.loaded} tensors loaded"]
+        for what, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                           ("shape mismatch", self.mismatched)):
+            if keys:
+                parts.append(f"{len(keys)} {what} ({_first(keys)})")
+        return ", ".join(parts)
+
+
+def _first(keys: list[str]) -> str:
+    more = f", ... {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def no_weights(path: str | os.PathLike | None) -> bool:
+    """True for "no checkpoint": None, '' or the string 'None' of the released run scripts (Q7)."""
+    return path in NO_WEIGHTS or (isinstance(path, str) and path.strip() in NO_WEIGHTS)
+
+
+def _torch_load(path: str) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Our own training checkpoints also hold non-tensor state (numpy RNG states, config);
+        # the user names the file explicitly, so a full unpickle is acceptable here.
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path``: plain, or wrapped under one of :data:`STATE_DICT_KEYS`.
+
+    A leading ``module.`` (from ``nn.DataParallel``) is stripped from every key.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        obj = _torch_load(path)
+    except Exception as e:  # any unreadable file is the user's input error
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict (a dict of tensors, possibly under "
+                        f"one of {', '.join(STATE_DICT_KEYS)})")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def compare_keys(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> LoadReport:
+    """Report how ``state`` matches ``model.state_dict()`` without loading anything."""
+    own = model.state_dict()
+    report = LoadReport(path=path)
+    report.missing = [k for k in own if k not in state]
+    report.unexpected = [k for k in state if k not in own]
+    report.mismatched = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
+                         for k, v in state.items() if k in own and v.shape != own[k].shape]
+    report.loaded = len(own) - len(report.missing) - len(report.mismatched)
+    return report
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike | None, name: str,
+                          hint: str, remap: Callable[[dict], dict] | None = None
+                          ) -> LoadReport | None:
+    """Load ImageNet weights from the local file ``path`` into ``backbone``.
+
+    ``name`` names the backbone in messages; ``hint`` names the checkpoint file(s) it expects and
+    where they are published; ``remap`` optionally renames the file's keys to the backbone's.
+    Returns None (random init) when ``path`` is None/'None'/''. Raises UserError when the file is
+    absent, any backbone key is missing, or a shape differs; keys the backbone does not have (the
+    ImageNet classifier) are reported as unexpected and ignored.
+    """
+    if no_weights(path):
+        logger.info("no ImageNet weights given: backbone %s randomly initialised", name)
+        return None
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"ImageNet weights for backbone {name} not found: {path}; expected a "
+                        f"local copy of {hint} (nothing is downloaded)")
+    state = read_state_dict(path)
+    if remap is not None:
+        state = remap(state)
+    report = compare_keys(backbone, state, path)
+    if report.mismatched:
+        raise UserError(f"{path} does not fit backbone {name}: shape mismatch "
+                        f"{_first(report.mismatched)}")
+    if report.missing:
+        raise UserError(f"{path} lacks {len(report.missing)} keys of backbone {name}: "
+                        f"{_first(report.missing)}")
+    unexpected = set(report.unexpected)
+    backbone.load_state_dict({k: v for k, v in state.items() if k not in unexpected})
+    logger.info("ImageNet weights for %s: %s", name, report)
+    return report
+
+
+def load_cam_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True
+                     ) -> LoadReport:
+    """Load whole-model weights (e.g. a CAMNet) from ``path``.
+
+    Accepts our training checkpoints ({'model': state, 'optimizer': ...}), released-style dicts
+    ({'model_state_dict': state, ...}) and plain state dicts. With ``strict`` any missing or
+    unexpected key is a UserError; shape mismatches always are.
+    """
+    path = str(path)
+    state = read_state_dict(path)
+    report = compare_keys(model, state, path)
+    problems = [f"shape mismatch {_first(report.mismatched)}"] if report.mismatched else []
+    if strict:
+        problems += [f"{len(keys)} {what} keys ({_first(keys)})"
+                     for what, keys in (("missing", report.missing),
+                                        ("unexpected", report.unexpected)) if keys]
+    if problems:
+        raise UserError(f"{path} does not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=strict)
+    logger.info("model weights: %s", report)
+    return report
