@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny toy VOC set and a tiny training config, built once per session."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data.toy_voc import generate
+
+TINY = """\
+_base_: {base}
+run:
+  session_name: {out}/run
+  seed: 7
+data:
+  voc12_root: {voc}
+  train_list: "{{voc12_root}}/ImageSets/Segmentation/train_aug.txt"
+  val_list: "{{voc12_root}}/ImageSets/Segmentation/train.txt"
+  infer_list: "{{voc12_root}}/ImageSets/Segmentation/val.txt"
+  cls_labels: "{{voc12_root}}/cls_labels.npy"
+  crop_size: 64
+  view_size: 32
+  resize_long: [64, 96]
+  view_min_side: 64
+  num_workers: 0
+model:
+  backbone: resnet18
+  backbone_width: 0.25
+  backbone_strides: [2, 2, 1]
+  trainable_bn: true
+train:
+  batch_size: 4
+  max_epoches: 2
+  lr: 1.0e-3
+  MaxmIou: 0.0
+schedule:
+  imc_start: 0
+  mix_start: 0
+  aug_start: 1
+  pixpro_start: 1
+  emd_start: 1
+plmix:
+  crf_workers: 0
+eval:
+  infer_scales: [0.75, 1.0]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # tiny tensors: threads cost more than they give, and results
+    yield                     # must not depend on the thread count
+
+
+@pytest.fixture(scope="session")
+def toy_voc(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy") / "voc"
+    generate(out, seed=11, n_train_aug=12, n_train=4, n_val=4)
+    return out
+
+
+@pytest.fixture
+def tiny_config(toy_voc, tmp_path):
+    from tool.config import BASE_CONFIG
+
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY.format(base=BASE_CONFIG, out=tmp_path, voc=toy_voc))
+    return p

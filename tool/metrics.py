@@ -1,0 +1,32 @@
+"""``metrics.csv``: one row per epoch, rewritten atomically from the run's history."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from tool.fileio import save_text
+
+# Epoch means of every loss term; 0 before the term's start epoch (SPEC 5.2).
+LOSS_COLUMNS = ("loss_cls", "loss_er", "loss_imc", "loss_mixseg", "loss_dice", "loss_iou",
+                "loss_sc", "loss_pixpro", "loss_emd")
+COLUMNS = ("epoch", "lr", *LOSS_COLUMNS, "camT", "best_t", "miou", "seconds")
+
+
+def write_metrics(path: str | Path, history: list[dict]) -> None:
+    """Write all rows (dicts keyed by COLUMNS); floats with 6 significant digits."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for row in history:
+        w.writerow([_fmt(row.get(c, 0.0)) for c in COLUMNS])
+    save_text(path, buf.getvalue())
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)

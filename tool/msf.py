@@ -1,0 +1,57 @@
+"""Multi-scale + flip CAM forward shared by per-epoch validation and inference (SPEC 1.6, 6).
+
+Each scale's original and flipped pass run as one batch of two; the maps are resized to the
+original size with OpenCV's bilinear resize, un-flipped, stripped of channel 0 and summed.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from tool.camutils import minmax_norm
+
+
+def _to_original(maps: torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
+    """(21, h, w) tensor -> np (20, H, W) float32 at the original size, background dropped."""
+    m = maps[1:].float().cpu().numpy().transpose(1, 2, 0)
+    h, w = size_hw
+    if m.shape[:2] != (h, w):
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    if m.ndim == 2:  # cv2 drops a singleton channel axis
+        m = m[..., None]
+    return np.ascontiguousarray(m.transpose(2, 0, 1))
+
+
+@torch.no_grad()
+def msf_cams(model: torch.nn.Module, passes: list[torch.Tensor], size_hw: tuple[int, int],
+             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Sum the raw CAM and the SGC over ``passes`` = [s1, flip(s1), s2, flip(s2), ...].
+
+    passes: (3, h_s, w_s) tensors. Returns (cam_sum, sgc_sum), np (20, H, W) float32 each.
+    """
+    cam_sum = np.zeros((20, *size_hw), np.float32)
+    sgc_sum = np.zeros((20, *size_hw), np.float32)
+    for i in range(0, len(passes), 2):
+        x = torch.stack(passes[i:i + 2]).to(device, non_blocking=True)
+        cam, sgc = model(x, "cam")[:2]
+        for j in range(x.shape[0]):
+            c, s = cam[j], sgc[j]
+            if j == 1:  # odd passes are flipped inputs: flip the maps back
+                c, s = c.flip(-1), s.flip(-1)
+            cam_sum += _to_original(c, size_hw)
+            sgc_sum += _to_original(s, size_hw)
+    return cam_sum, sgc_sum
+
+
+def present_dict(maps: np.ndarray, label: np.ndarray) -> dict[int, np.ndarray]:
+    """Min-max normalise the summed maps and keep the present classes (SPEC 6 format).
+
+    maps: np (20, H, W) summed maps; label: (20,) multi-hot.
+    Returns {0-based class index: float32 (H, W)}.
+    """
+    keys = np.nonzero(np.asarray(label) > 0)[0]
+    if len(keys) == 0:
+        return {}
+    norm = minmax_norm(maps[keys])
+    return {int(k): norm[i].astype(np.float32) for i, k in enumerate(keys)}

@@ -1,0 +1,149 @@
+"""One training iteration (SPEC 5.4): the MCL losses, the PL-Mix branch (5.5) and the second
+optimizer step with the view losses. Which parts run is decided by the epoch and the config."""
+from __future__ import annotations
+
+from argparse import Namespace
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tool import losses as L
+from tool import plmix
+from tool.camutils import cam_maxnorm, cam_softmaxnorm, color_denorm
+
+
+@dataclass
+class StepContext:
+    """What one iteration needs besides the batch: config, epoch state and generators."""
+    args: Namespace
+    epoch: int
+    camT: float
+    rng: np.random.Generator          # numpy draws: EMD crops, scale-and-place, angles
+    gen: torch.Generator              # torch draws: partner permutation
+    crf_pool: object | None = None    # tool.crf pool shared across iterations
+    losses: dict[str, float] = field(default_factory=dict)
+
+    def active(self, start_key: str) -> bool:
+        return self.epoch >= getattr(self.args, start_key)
+
+    def record(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        self.losses[name] = float(value.detach())
+        return value
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict,
+               ctx: StepContext, device: torch.device) -> dict[str, float]:
+    """Run one iteration and return the loss values it computed (name -> float)."""
+    ctx.losses = {}
+    model.train()
+    img = batch["img"].to(device, non_blocking=True)
+    label = batch["label"].to(device, non_blocking=True)
+    loss = main_losses(model, img, label, ctx)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if ctx.active("pixpro_start"):
+        loss2 = view_losses(model, batch, label, ctx, device)
+        opt.zero_grad(set_to_none=True)
+        loss2.backward()
+        opt.step()  # second Adam step on the same state (quirk Q13)
+    return ctx.losses
+
+
+def main_losses(model, img: torch.Tensor, label: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """Step-1 loss: classification + ER, IMC from its epoch, the PL-Mix branch from its epoch."""
+    a = ctx.args
+    cam, sgc, emb, logits = model(img, "cam")
+    cam_n, sgc_n = cam_softmaxnorm(cam), cam_softmaxnorm(sgc)
+    loss = ctx.record("loss_cls", L.classification_loss(
+        logits, label, alpha=a.focal_alpha, gamma=a.focal_gamma))
+    loss = loss + ctx.record("loss_er", L.er_loss(cam_n, sgc_n, label, topk_ratio=a.er_topk))
+    if ctx.active("imc_start"):
+        imc = L.image_level_contrast(emb, label, temperature=a.imc_temperature)
+        if imc is not None:  # the release skips the loss when no anchor contributes
+            loss = loss + ctx.record("loss_imc", imc)
+    if a.plmix and ctx.active("mix_start"):
+        loss = loss + plmix_losses(model, img, label, sgc_n.detach(), ctx)
+    return loss
+
+
+def plmix_losses(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tensor,
+                 ctx: StepContext) -> torch.Tensor:
+    """SPEC 5.5: partner, pseudo labels, augmentation, mix image/label, mix forward, losses.
+
+    sam: (N, 21, H, W) softmax-normalised SGC of the main (train-mode) pass, detached.
+    """
+    a = ctx.args
+    label_bg = L.with_background(label)
+    perm = plmix.partner_index(img.shape[0], ctx.gen, random_order=a.Random_order).to(img.device)
+    partner_img = img[perm]
+    model.eval()  # quirk Q11: partner and mix passes run in eval mode
+    with torch.no_grad():
+        sgc_p = model(partner_img, "cam")[1]
+        sgc_pf = model(partner_img.flip(-1), "cam")[1].flip(-1)
+        partner_map = (sgc_p + sgc_pf) / 2
+    own_lbl, partner_lbl = make_pseudo_labels(
+        torch.cat([img, partner_img]), torch.cat([sam, partner_map]),
+        torch.cat([label_bg, label_bg[perm]]), ctx).split(img.shape[0])
+    own_img = img
+    if ctx.active("aug_start"):
+        angles = plmix.draw_angles(ctx.rng, img.shape[0])
+        own_img, own_lbl = plmix.rotate_pair(own_img, own_lbl, angles)
+        own_img, own_lbl = plmix.random_scale_place(
+            own_img, own_lbl, ctx.rng,
+            label_interp="bilinear" if a.label_bilinear else "nearest")
+    mix_lbl = plmix.mix_labels(own_lbl, partner_lbl)
+    mix_img = plmix.mix_images(own_img, partner_img, own_lbl)
+    P = cam_softmaxnorm(model(mix_img, "cam")[0])  # raw CAM, with grad, still eval mode
+    mixlabel = torch.maximum(label, label[perm])
+    logits_q3 = a.mix_probs_as_logits
+    loss = ctx.record("loss_mixseg", L.mix_seg_loss(P, mix_lbl, a.mix_loss,
+                                                    probs_as_logits=logits_q3))
+    loss = loss + ctx.record("loss_dice", L.soft_dice_loss(P, mix_lbl,
+                                                           probs_as_logits=logits_q3))
+    loss = loss + ctx.record("loss_iou", L.soft_iou_loss(P, mix_lbl, probs_as_logits=logits_q3))
+    loss = loss + ctx.record("loss_sc", L.spatial_continuity_loss(
+        P, mixlabel, released_mask=a.sc_released_mask))
+    model.train()
+    return loss
+
+
+def make_pseudo_labels(images: torch.Tensor, maps: torch.Tensor, label_bg: torch.Tensor,
+                       ctx: StepContext) -> torch.Tensor:
+    """Own and partner pseudo labels in one call, so the CRF pool sees the whole set at once."""
+    a = ctx.args
+    if not a.crf:
+        return plmix.pseudo_labels(maps, label_bg, ctx.camT)
+    return plmix.crf_pseudo_labels(
+        color_denorm(images), maps, label_bg, ctx.camT, pool=ctx.crf_pool,
+        reduced=a.crf_reduced, **crf_params(a))
+
+
+def crf_params(a: Namespace) -> dict:
+    """The CRF parameters of the config, as the keyword names of ``tool.crf.dense_crf``."""
+    return dict(n_iters=a.crf_iters, unary_scale=a.crf_unary_scale, gauss_sxy=a.crf_gauss_sxy,
+                gauss_compat=a.crf_gauss_compat, bi_sxy=a.crf_bi_sxy, bi_srgb=a.crf_bi_srgb,
+                bi_compat=a.crf_bi_compat)
+
+
+def view_losses(model, batch: dict, label: torch.Tensor, ctx: StepContext,
+                device: torch.device) -> torch.Tensor:
+    """Step-2 loss (SPEC 5.4 step 7): PixPro from its epoch, plus EMD from its epoch."""
+    model.eval()  # quirk Q11
+    v1 = batch["view1"].to(device, non_blocking=True).float()
+    v2 = batch["view2"].to(device, non_blocking=True).float()
+    c1, c2 = batch["coord1"], batch["coord2"]
+    sgc1 = model(v1, "pix")[1]
+    with torch.no_grad():
+        cam2 = model(v2, "pix")[0]
+    mask = L.with_background(label)[:, :, None, None]
+    loss = ctx.record("loss_pixpro", L.pixpro_loss(
+        cam_maxnorm(sgc1) * mask, cam_maxnorm(cam2) * mask, c1, c2))
+    if ctx.active("emd_start"):
+        u1 = F.normalize(cam_softmaxnorm(sgc1), dim=1)
+        u2 = F.normalize(cam_softmaxnorm(cam2), dim=1)
+        loss = loss + ctx.record("loss_emd", L.emd_loss(u1, u2, c1, c2, ctx.rng))
+    model.train()
+    return loss

@@ -1,0 +1,31 @@
+"""Train the CAM network with the MCL losses and the PL-Mix branch (stage 1).
+
+    python train_mcl.py --config configs/toy.yaml [--max_epoches 12 --crf False ...]
+
+Every config key is a flag of the same name; see configs/base.yaml. ``--resume`` continues
+``<session_name>/last.ckpt`` (or a given checkpoint) exactly.
+"""
+from __future__ import annotations
+
+import sys
+
+from tool.config import parse_config_args
+from tool.errors import cli_main
+
+SECTIONS = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "quirks"]
+
+
+def _extra(p) -> None:
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="continue <session_name>/last.ckpt, or the checkpoint given")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml", _extra)
+    from tool import train
+
+    return train.run(args)
+
+
+if __name__ == "__main__":
+    cli_main(lambda: main(sys.argv[1:]))
