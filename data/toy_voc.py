@@ -4,30 +4,55 @@
 (VOC palette, 255 on a 2-px band along every object border), ``ImageSets/Segmentation/``
 ``{train_aug,train,val}.txt`` and ``cls_labels.npy``, so every tool runs on it unchanged.
 
-Design. Eight VOC classes; each has its own shape AND its own high-contrast texture
-(period 6-8 px), both rotated together by a small random angle:
+Design. All 20 VOC classes; each has its own shape AND its own high-contrast texture, both
+rotated together by at most +-10 deg (so the four stripe orientations stay apart):
 
-    aeroplane  triangle        diagonal stripes (45 deg)
-    bottle     tall capsule    horizontal stripes
-    car        car silhouette  checkerboard
-    cat        disc            concentric rings
-    dog        five-point star dot grid
-    person     plus sign       vertical stripes
-    train      hexagon         zig-zag bands
-    tvmonitor  square frame    grid of thin lines (the hole shows background)
+    class        shape      texture                        period (px)
+    aeroplane    triangle   stripes at 45 deg               8
+    bicycle      dumbbell   crosshatch (grid at 45 deg)    12
+    bird         chevron    horizontal zig-zag bands       12
+    boat         boat       wavy vertical bands            12
+    bottle       capsule    horizontal stripes              8
+    bus          house      bricks                         16
+    car          car        checkerboard                    9
+    cat          disc       concentric rings               12
+    chair        L          stripes at 135 deg              8
+    cow          crescent   hexagonal dot grid             16
+    diningtable  T          horizontal stripes             15
+    dog          star       hexagonal dot grid              9
+    horse        arrow      stripes at 45 deg              15
+    motorbike    ring       16 radial spokes               12 (at r = 30 px)
+    person       plus       vertical stripes                8
+    pottedplant  trapezoid  vertical stripes               15
+    sheep        heart      checkerboard                   16
+    sofa         U          stripes at 135 deg             15
+    train        hexagon    diamond checker (45 deg)       14
+    tvmonitor    frame      grid of thin lines (the hole shows background)  12
 
-An object's two colours come from the same uniform RGB distribution as the background, so colour
-carries no class information. Backgrounds are smooth random colour fields with pixel noise,
-soft blobs and thin lines. Distractors (background, 0 in the mask) are plain or speckled
-polygons and ellipses (some share a class's outline but not its texture), random polygons with
-coarse bands (period 16-24 px, far from every class period) and thin lines; a few small ones
-are drawn over the objects and occlude them. Each image holds 1-3 objects that may overlap
-(later ones occlude earlier ones); every object keeps at least 3% of the image visible outside
-the ignore band, and an image-level label is positive iff its class has visible pixels in the
-mask.
+Periods are for an image whose long side is 170 px and scale with the image's long side (+-5%
+per object), so a pipeline that resizes the long side to a fixed range sees the same periods
+whatever the original size. The "fine" (8-9) and "coarse" (15-16) variants of a family are
+1.7-1.9x apart, so they stay apart under any long-side range narrower than that (128-160 px:
+1.25x; the 4 stripe orientations, 45 deg apart, survive the +-10 deg rotation).
 
-Every image draws from its own ``Generator(PCG64([seed, index]))``, so the output is
-byte-identical for a given seed.
+An object's two colours come from the same uniform RGB distribution as the background (with a
+large grey-level difference between them), so colour carries no class information. Backgrounds
+are smooth random colour fields with pixel noise, soft blobs and thin lines. Distractors
+(background, 0 in the mask) carry no periodic texture: plain, speckled or smoothly graded
+polygons, ellipses and class outlines (the shape alone never makes an object), and thin lines; a
+few small ones are drawn over the objects and occlude them.
+
+Each image holds 1, 2 or 3 objects of distinct classes (exactly 20/40/40% of every split), each
+30-55% of the image's short side; later ones may occlude earlier ones, but every object keeps at
+least 4% of the image visible outside the ignore band (when random placement fails, the objects
+go unrotated into the cells of a grid). An image-level label is positive iff its class has
+visible pixels in the mask. Classes are planned before drawing: every image takes the classes
+used least so far in its split (ties at random), so per-split counts differ by at most one -
+with the default sizes each class is in >= 6 of the 60 train and val images and >= 33 of the
+300 train_aug ones.
+
+The plan draws from ``Generator(PCG64([seed, n_images]))`` and every image from its own
+``Generator(PCG64([seed, index]))``, so the output is byte-identical for a given seed.
 """
 from __future__ import annotations
 
@@ -36,6 +61,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -46,13 +72,28 @@ from data.voc import CLASS_NAMES, save_label_png
 from tool.errors import UserError, cli_main
 from tool.fileio import atomic_save, save_npy_dict, save_text
 
-CLASSES = (  # (VOC class index, shape, texture, texture period in px)
-    (1, "triangle", "diagonal", 7.0), (5, "capsule", "hstripes", 6.0),
-    (7, "car", "checker", 8.0), (8, "disc", "rings", 7.0), (12, "star", "dots", 8.0),
-    (15, "plus", "vstripes", 6.0), (19, "hexagon", "zigzag", 8.0), (20, "frame", "grid", 8.0),
+CLASSES = (  # (VOC class index, shape, texture, period in px at REF_LONG; spokes: nominal)
+    (1, "triangle", "stripes45", 8.0), (2, "dumbbell", "crosshatch", 12.0),
+    (3, "chevron", "zigzag", 12.0), (4, "boat", "waves", 12.0),
+    (5, "capsule", "stripes0", 8.0), (6, "house", "bricks", 16.0),
+    (7, "car", "checker", 9.0), (8, "disc", "rings", 12.0),
+    (9, "L", "stripes135", 8.0), (10, "crescent", "dots", 16.0),
+    (11, "T", "stripes0", 15.0), (12, "star", "dots", 9.0),
+    (13, "arrow", "stripes45", 15.0), (14, "ring", "spokes", 12.0),
+    (15, "plus", "stripes90", 8.0), (16, "trapezoid", "stripes90", 15.0),
+    (17, "heart", "checker", 16.0), (18, "U", "stripes135", 15.0),
+    (19, "hexagon", "diamonds", 14.0), (20, "frame", "grid", 12.0),
 )
-MIN_VISIBLE = 0.03  # smallest visible (non-ignore) share of the image an object may keep
+_SPEC = {c[0]: c for c in CLASSES}
+REF_LONG = 170  # long side (px) at which the periods in CLASSES hold
+OBJECT_SHARES = (0.2, 0.4, 0.4)  # share of images with 1, 2, 3 objects
+SIZE_FRAC = (0.3, 0.55)  # object extent as a share of the image's short side
+MAX_ROTATION = np.deg2rad(10.0)
+MIN_VISIBLE = 0.04  # smallest visible (non-ignore) share of the image an object may keep
+PLACE_TRIES = 30  # random placements per object before falling back to the grid
 SIZE_RANGE = (120, 220)
+SPOKES = 16
+_CENTRED = frozenset({"rings", "spokes"})  # textures with a centre, kept near the object's
 _K3 = np.ones((3, 3), np.uint8)
 
 
@@ -65,31 +106,62 @@ def _ngon(n: int, r_out: float, r_in: float | None = None, start: float = -np.pi
     return np.stack([r * np.cos(a), r * np.sin(a)], 1)
 
 
-def _capsule() -> np.ndarray:
+def _arc(r: float, cx: float = 0.0, cy: float = 0.0, a0: float = 0.0,
+         a1: float = 2 * np.pi, n: int = 48) -> np.ndarray:
+    """A disc (or, for a partial arc, the segment closed by its chord)."""
+    a = np.linspace(a0, a1, n, endpoint=a1 - a0 < 2 * np.pi - 1e-9)
+    return np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], 1)
+
+
+def _box(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], float)
+
+
+def _capsule(r: float = 0.24) -> np.ndarray:
     a = np.linspace(0, np.pi, 16)
-    top = np.stack([0.22 * np.cos(a), -0.28 - 0.22 * np.sin(a)], 1)
+    top = np.stack([r * np.cos(a), r - 0.5 - r * np.sin(a)], 1)
     return np.concatenate([top, -top])
 
 
-_plus = [(-.18, -.5), (.18, -.5), (.18, -.18), (.5, -.18), (.5, .18), (.18, .18), (.18, .5),
-         (-.18, .5), (-.18, .18), (-.5, .18), (-.5, -.18), (-.18, -.18)]
-_car = [(-.5, .25), (.5, .25), (.5, -.05), (.25, -.05), (.12, -.3), (-.2, -.3), (-.32, -.05),
-        (-.5, -.05)]
-SHAPES = {  # name -> (outline, hole or None)
-    "triangle": (np.array([(0, -.5), (.5, .4), (-.5, .4)]), None),
-    "capsule": (_capsule(), None), "car": (np.array(_car), None), "disc": (_ngon(48, .5), None),
-    "star": (_ngon(5, .5, .25), None), "plus": (np.array(_plus), None),
-    "hexagon": (_ngon(6, .5, start=0.0), None),
-    "frame": (_ngon(4, .5 * 2 ** .5, start=np.pi / 4), _ngon(4, .22 * 2 ** .5, start=np.pi / 4)),
+def _heart() -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    p = np.stack([16 * np.sin(t) ** 3,
+                  -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))], 1)
+    p -= (p.max(0) + p.min(0)) / 2
+    return p / (p.max(0) - p.min(0)).max()
+
+
+def _poly(*xy: float) -> np.ndarray:
+    return np.array(xy, float).reshape(-1, 2)
+
+
+SHAPES = {  # name -> layers (polygon, 1 = fill or 0 = cut), drawn in order inside the unit box
+    "triangle": [(_poly(0, -.5, .5, .4, -.5, .4), 1)],
+    "dumbbell": [(_arc(.25, -.25), 1), (_arc(.25, .25), 1), (_box(-.25, -.1, .25, .1), 1)],
+    "chevron": [(_poly(-.5, -.45, 0, -.05, .5, -.45, .5, .05, 0, .45, -.5, .05), 1)],
+    "boat": [(_arc(.5, 0, 0, 0, np.pi, 24), 1), (_poly(.04, -.5, .04, 0, .42, 0), 1),
+             (_poly(-.04, -.4, -.04, 0, -.34, 0), 1)],
+    "capsule": [(_capsule(), 1)],
+    "house": [(_poly(-.42, .5, -.42, -.05, 0, -.5, .42, -.05, .42, .5), 1)],
+    "car": [(_poly(-.5, .3, .5, .3, .5, -.05, .25, -.05, .12, -.35, -.2, -.35, -.32, -.05,
+                   -.5, -.05), 1)],
+    "disc": [(_arc(.5), 1)],
+    "L": [(_poly(-.5, -.5, -.12, -.5, -.12, .14, .5, .14, .5, .5, -.5, .5), 1)],
+    "crescent": [(_arc(.5), 1), (_arc(.4, .22, -.14), 0)],
+    "T": [(_poly(-.5, -.5, .5, -.5, .5, -.14, .18, -.14, .18, .5, -.18, .5, -.18, -.14,
+                 -.5, -.14), 1)],
+    "star": [(_ngon(5, .5, .28), 1)],
+    "arrow": [(_poly(-.5, -.18, .02, -.18, .02, -.46, .5, 0, .02, .46, .02, .18, -.5, .18), 1)],
+    "ring": [(_arc(.5), 1), (_arc(.27), 0)],
+    "plus": [(_poly(-.18, -.5, .18, -.5, .18, -.18, .5, -.18, .5, .18, .18, .18, .18, .5,
+                    -.18, .5, -.18, .18, -.5, .18, -.5, -.18, -.18, -.18), 1)],
+    "trapezoid": [(_poly(-.5, -.4, .5, -.4, .3, .45, -.3, .45), 1)],
+    "heart": [(_heart(), 1)],
+    "U": [(_poly(-.5, -.5, -.16, -.5, -.16, .18, .16, .18, .16, -.5, .5, -.5, .5, .5,
+                 -.5, .5), 1)],
+    "hexagon": [(_ngon(6, .5, start=0.0), 1)],
+    "frame": [(_box(-.5, -.5, .5, .5), 1), (_box(-.22, -.22, .22, .22), 0)],
 }
-
-
-def _area(poly: np.ndarray) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
-
-
-FILL = {k: _area(o) - (_area(h) if h is not None else 0.0) for k, (o, h) in SHAPES.items()}
 
 
 def _fill(mask: np.ndarray, poly: np.ndarray, value: int) -> None:
@@ -104,11 +176,12 @@ def shape_mask(shape: str, hw: tuple[int, int], centre, size: float, angle: floa
     rot = np.array([[c, -s], [s, c]]) * size
     rot[:, 0] *= stretch
     mask = np.zeros(hw, np.uint8)
-    outline, hole = SHAPES[shape]
-    _fill(mask, outline @ rot.T + centre, 1)
-    if hole is not None:
-        _fill(mask, hole @ rot.T + centre, 0)
+    for poly, value in SHAPES[shape]:
+        _fill(mask, poly @ rot.T + centre, value)
     return mask.astype(bool)
+
+
+FILL = {k: float(shape_mask(k, (256, 256), (128, 128), 256, 0.0).mean()) for k in SHAPES}
 
 
 # ---------------------------------------------------------------- textures
@@ -116,27 +189,64 @@ def _stripes(x: np.ndarray, period: float, duty: float = 0.5) -> np.ndarray:
     return (x / period) % 1.0 < duty
 
 
+def _across(u: np.ndarray, v: np.ndarray, deg: float) -> np.ndarray:
+    """Coordinate across bands that run at ``deg`` (counter-clockwise on screen, v down)."""
+    t = np.deg2rad(deg)
+    return u * np.sin(t) + v * np.cos(t)
+
+
+def _checker(u: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
+    return (np.floor(2 * u / p) + np.floor(2 * v / p)) % 2 == 1
+
+
+def _grid(u: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
+    return _stripes(u, p, 0.3) | _stripes(v, p, 0.3)
+
+
+def _dots(u: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
+    """Dots on a hexagonal lattice (spacing p): unlike a square one, it shares no frequencies
+    with the checkers and grids. The nearest row is the dot's row, as its radius < half the
+    row pitch."""
+    pitch = p * np.sqrt(3) / 2
+    row = np.round(v / pitch)
+    du = u / p - 0.5 * (row % 2)
+    du = (du - np.round(du)) * p
+    dv = v - row * pitch
+    return du * du + dv * dv < (0.32 * p) ** 2
+
+
+def _zigzag(u: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
+    tri = np.abs((u / (1.2 * p)) % 1.0 - 0.5)  # 45-deg segments, 0.6 p peak to peak
+    return _stripes(v + 1.2 * p * tri, p)
+
+
+def _bricks(u: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
+    """Mortar: rows p/2 high, bricks p long, every other row shifted by half a brick."""
+    row = np.floor(2 * v / p)
+    return _stripes(v, p / 2, 0.3) | _stripes(u + row * p / 2, p, 0.15)
+
+
+PATTERNS = {  # name -> binary pattern of (u, v, period)
+    **{f"stripes{d}": (lambda u, v, p, d=d: _stripes(_across(u, v, d), p))
+       for d in (0, 45, 90, 135)},
+    "checker": _checker,
+    "diamonds": lambda u, v, p: _checker(_across(u, v, 45), _across(u, v, 135), p),
+    "dots": _dots,
+    "grid": _grid,
+    "crosshatch": lambda u, v, p: _grid(_across(u, v, 45), _across(u, v, 135), p),
+    "rings": lambda u, v, p: _stripes(np.hypot(u, v), p),
+    "spokes": lambda u, v, p: _stripes(np.arctan2(v, u), 2 * np.pi / SPOKES),  # p unused
+    "zigzag": _zigzag,
+    "waves": lambda u, v, p: _stripes(u + 0.3 * p * np.sin(np.pi * v / p), p),
+    "bricks": _bricks,
+}
+
+
 def texture(name: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
     """Binary pattern in object coordinates (u right, v down, px); random phase is in u, v."""
-    if name == "diagonal":
-        return _stripes((u + v) / 2 ** .5, period)
-    if name == "hstripes":
-        return _stripes(v, period)
-    if name == "vstripes":
-        return _stripes(u, period)
-    if name == "checker":
-        return (np.floor(2 * u / period) + np.floor(2 * v / period)) % 2 == 1
-    if name == "rings":
-        return _stripes(np.hypot(u, v), period)
-    if name == "dots":
-        du, dv = (u / period) % 1.0 - 0.5, (v / period) % 1.0 - 0.5
-        return du * du + dv * dv < 0.32 ** 2
-    if name == "zigzag":
-        tri = np.abs((u / (1.2 * period)) % 1.0 - 0.5)
-        return _stripes(v + 1.2 * period * tri, period)
-    if name == "grid":
-        return _stripes(u, period, 0.3) | _stripes(v, period, 0.3)
-    raise ValueError(f"unknown texture {name}")
+    if name not in PATTERNS:
+        raise ValueError(f"unknown texture {name}")
+    return PATTERNS[name](u, v, period)
 
 
 def _coords(hw: tuple[int, int], centre, angle: float):
@@ -151,14 +261,8 @@ def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two uniform RGB colours whose grey levels differ enough for a high-contrast texture."""
     while True:
         a, b = rng.uniform(0, 255, (2, 3))
-        if abs(a @ (0.299, 0.587, 0.114) - b @ (0.299, 0.587, 0.114)) > 70:
+        if abs(a @ (0.299, 0.587, 0.114) - b @ (0.299, 0.587, 0.114)) > 80:
             return a, b
-
-
-def _paint_pattern(img: np.ndarray, mask: np.ndarray, pattern: np.ndarray,
-                   rng: np.random.Generator) -> None:
-    a, b = _colour_pair(rng)
-    img[mask] = np.where(pattern[mask, None], a, b)
 
 
 # ---------------------------------------------------------------- background and distractors
@@ -193,38 +297,40 @@ def _lines(img: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
 
 def distractor(img: np.ndarray, rng: np.random.Generator,
                scale: tuple[float, float]) -> np.ndarray:
-    """Paint one non-class shape (size ``scale`` x short side) onto ``img``; return its mask."""
+    """Paint one non-class shape (size ``scale`` x short side) onto ``img``; return its mask.
+    Never a periodic texture: plain, speckled or a smooth two-colour gradient."""
     hw = img.shape[:2]
-    kind = rng.choice(["polygon", "ellipse", "outline", "speckle", "bands", "lines"],
-                      p=[.22, .18, .18, .17, .15, .10])
+    kind = rng.choice(["polygon", "ellipse", "outline", "speckle", "gradient", "lines"],
+                      p=[.2, .17, .2, .16, .17, .10])
     if kind == "lines":
         return _lines(img, rng, rng.integers(1, 4))
     size = rng.uniform(*scale) * min(hw)
     centre = rng.uniform(0, 1, 2) * (hw[1], hw[0])
     angle = rng.uniform(0, 2 * np.pi)
-    if kind in ("polygon", "bands"):  # random star-shaped polygon
+    if kind == "ellipse":
+        mask = shape_mask("disc", hw, centre, size, angle, rng.uniform(0.4, 1.0))
+    elif kind == "outline":  # the shape alone must not make an object
+        shape = str(rng.choice(list(SHAPES)))
+        mask = shape_mask(shape, hw, centre, size, angle, rng.uniform(0.8, 1.2))
+    else:  # random star-shaped polygon
         k = int(rng.integers(3, 8))
         a = np.sort(rng.uniform(0, 2 * np.pi, k))
         r = rng.uniform(0.25, 0.5, k)
         mask = np.zeros(hw, np.uint8)
         _fill(mask, size * np.stack([r * np.cos(a), r * np.sin(a)], 1) + centre, 1)
         mask = mask.astype(bool)
-    elif kind == "ellipse":
-        mask = shape_mask("disc", hw, centre, size, angle, rng.uniform(0.4, 1.0))
-    else:  # a class outline, plain or speckled: the shape alone must not make an object
-        shape = str(rng.choice(list(SHAPES)))
-        mask = shape_mask(shape, hw, centre, size, angle, rng.uniform(0.8, 1.2))
-    if kind == "bands":
-        u, _ = _coords(hw, centre, angle)
-        _paint_pattern(img, mask, _stripes(u, rng.uniform(16, 24)), rng)
+    if kind == "gradient":
+        t = np.clip(_coords(hw, centre, angle)[0][mask] / size + 0.5, 0, 1)[:, None]
+        a, b = rng.uniform(0, 255, (2, 3))
+        img[mask] = a + t * (b - a)
     else:
         img[mask] = rng.uniform(0, 255, 3)
-        if kind == "speckle":
+        if kind == "speckle" or (kind == "outline" and rng.random() < 0.5):
             img[mask] += rng.normal(0, 30, (int(mask.sum()), 3))
     return mask
 
 
-# ---------------------------------------------------------------- composition
+# ---------------------------------------------------------------- layout
 def _visible(inst: np.ndarray, k: int) -> int:
     """Pixels of instance ``k`` outside the ignore band (the band is where a 3x3 window sees
     another instance id, so these are exactly the eroded instance pixels)."""
@@ -235,68 +341,90 @@ def _all_visible(inst: np.ndarray, n: int, min_px: float) -> bool:
     return all(_visible(inst, k) >= min_px for k in range(1, n + 1))
 
 
-def _pick_classes(rng: np.random.Generator) -> list[int]:
-    """1-3 class ids (indices into CLASSES), mostly distinct; sometimes two instances of one."""
-    n = int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))
-    ids = [int(c) for c in rng.choice(len(CLASSES), n, replace=False)]
-    if n > 1 and rng.random() < 0.1:
-        ids[-1] = ids[0]
-    return ids
-
-
-def _place_object(inst: np.ndarray, cid: int, k: int, rng: np.random.Generator, min_px: float):
-    """Draw placements until instance ``k`` and the ones below it all stay visible; return
-    (new instance map, mask, centre, angle), or None when the object does not fit."""
-    hw, shape = inst.shape, CLASSES[cid][1]
+def _object_size(rng: np.random.Generator, shape: str, hw: tuple[int, int]) -> float:
+    """Extent in px: SIZE_FRAC of the short side, large enough that sparse shapes still cover
+    1.5 x MIN_VISIBLE of the image."""
     short = min(hw)
-    for attempt in range(31):
-        area = rng.uniform(0.06, 0.14) * hw[0] * hw[1]
-        size = float(np.clip(np.sqrt(area / FILL[shape]), 0.3 * short, 0.6 * short))
-        angle, stretch = rng.uniform(-0.26, 0.26), rng.uniform(0.85, 1.15)
-        centre = rng.uniform(0.2 * size, (hw[1] - 0.2 * size, hw[0] - 0.2 * size))
-        if attempt == 30:  # last resort, first object only: large and centred, always fits
-            if k > 1:
-                return None
-            size, centre = 0.55 * short, np.array([hw[1], hw[0]]) / 2
-        mask = shape_mask(shape, hw, centre, size, angle, stretch)
-        trial = inst.copy()
-        trial[mask] = k
-        if attempt == 30 or _all_visible(trial, k, min_px):
-            return trial, mask, centre, angle
-    return None
+    lo = np.sqrt(1.5 * MIN_VISIBLE * hw[0] * hw[1] / FILL[shape]) / short
+    return float(rng.uniform(np.clip(lo, SIZE_FRAC[0], SIZE_FRAC[1] - 0.05), SIZE_FRAC[1]) * short)
 
 
-def _paint_object(img: np.ndarray, mask: np.ndarray, cid: int, centre, angle: float,
+Layout = tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, float]]]
+
+
+def _random_layout(rng: np.random.Generator, hw: tuple[int, int], shapes: Sequence[str],
+                   min_px: float) -> Layout | None:
+    """(instance map, [(mask, centre, angle)]) with every object visible, or None when one of
+    them finds no place in PLACE_TRIES draws."""
+    inst, placed = np.zeros(hw, np.uint8), []
+    for k, shape in enumerate(shapes, 1):
+        for _ in range(PLACE_TRIES):
+            size = _object_size(rng, shape, hw)
+            angle, stretch = rng.uniform(-MAX_ROTATION, MAX_ROTATION), rng.uniform(0.85, 1.15)
+            centre = rng.uniform(0.3 * size, (hw[1] - 0.3 * size, hw[0] - 0.3 * size))
+            mask = shape_mask(shape, hw, centre, size, angle, stretch)
+            trial = np.where(mask, k, inst).astype(np.uint8)
+            if _all_visible(trial, k, min_px):
+                break
+        else:
+            return None
+        inst = trial
+        placed.append((mask, centre, angle))
+    return inst, placed
+
+
+def _grid_layout(hw: tuple[int, int], shapes: Sequence[str]) -> Layout:
+    """Fallback of ``_random_layout``: unrotated objects in the cells of the grid with the
+    largest cells. They never overlap, so each keeps its whole area."""
+    h, w, n = hw[0], hw[1], len(shapes)
+    rows, cols = max(((r, -(-n // r)) for r in range(1, n + 1)),
+                     key=lambda rc: min(h / rc[0], w / rc[1]))
+    size = min(0.92 * min(h / rows, w / cols), SIZE_FRAC[1] * min(hw))
+    inst, placed = np.zeros(hw, np.uint8), []
+    for k, shape in enumerate(shapes):
+        centre = np.array([(k % cols + 0.5) * w / cols, (k // cols + 0.5) * h / rows])
+        mask = shape_mask(shape, hw, centre, size, 0.0)
+        inst[mask] = k + 1
+        placed.append((mask, centre, 0.0))
+    return inst, placed
+
+
+# ---------------------------------------------------------------- composition
+def _paint_object(img: np.ndarray, mask: np.ndarray, cls: int, centre, angle: float,
                   rng: np.random.Generator) -> None:
-    """Fill ``mask`` with the class texture (random phase, +-10% period) in two colours."""
-    _, _, tex, period = CLASSES[cid]
+    """Fill ``mask`` with the class texture (scaled with the image, random phase) in two
+    colours."""
+    _, _, tex, period = _SPEC[cls]
+    period *= max(mask.shape) / REF_LONG * rng.uniform(0.95, 1.05)
     u, v = _coords(mask.shape, centre, angle)
-    du, dv = rng.uniform(0, 2 * period, 2)
-    pattern = texture(tex, u + du, v + dv, period * rng.uniform(0.9, 1.1))
-    _paint_pattern(img, mask, pattern, rng)
+    if tex in _CENTRED:  # keep the centre of rings and spokes near the object's
+        du, dv = rng.uniform(-0.15, 0.15, 2) * period
+    else:
+        du, dv = rng.uniform(0, period, 2)
+    pattern = texture(tex, u + du, v + dv, period)
+    a, b = _colour_pair(rng)
+    img[mask] = np.where(pattern[mask, None], a, b)
 
 
-def compose(rng: np.random.Generator, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One image (uint8 H x W x 3) and its VOC label map (uint8, 255 on object borders)."""
+def compose(rng: np.random.Generator, hw: tuple[int, int],
+            classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One image (uint8 H x W x 3) holding one object of each VOC class in ``classes`` (drawn in
+    that order), and its VOC label map (uint8, 255 on object borders)."""
     img = background(rng, hw)
     for _ in range(rng.integers(3, 8)):
         distractor(img, rng, (0.2, 0.6))
-    inst, cls_of = np.zeros(hw, np.uint8), [0]
+    shapes = [_SPEC[c][1] for c in classes]
     min_px = MIN_VISIBLE * hw[0] * hw[1]
-    for cid in _pick_classes(rng):
-        placed = _place_object(inst, cid, len(cls_of), rng, min_px)
-        if placed is None:
-            continue
-        inst, mask, centre, angle = placed
-        _paint_object(img, mask, cid, centre, angle, rng)
-        cls_of.append(CLASSES[cid][0])
+    inst, placed = _random_layout(rng, hw, shapes, min_px) or _grid_layout(hw, shapes)
+    for cls, (mask, centre, angle) in zip(classes, placed):
+        _paint_object(img, mask, cls, centre, angle, rng)
     for _ in range(rng.binomial(2, 0.25)):  # small occluders on top, if all objects stay visible
         trial, cand = inst.copy(), img.copy()
         trial[distractor(cand, rng, (0.1, 0.25))] = 0
-        if _all_visible(trial, len(cls_of) - 1, min_px):
+        if _all_visible(trial, len(classes), min_px):
             inst, img = trial, cand
     img = cv2.GaussianBlur(img, (3, 3), 0.6) + rng.normal(0, rng.uniform(3, 9), img.shape)
-    label = np.asarray(cls_of, np.uint8)[inst]
+    label = np.asarray([0, *classes], np.uint8)[inst]
     label[cv2.dilate(inst, _K3) != cv2.erode(inst, _K3)] = 255
     return np.clip(img, 0, 255).round().astype(np.uint8), label
 
@@ -305,6 +433,39 @@ def labels_from_mask(label: np.ndarray) -> np.ndarray:
     """(20,) float32 multi-hot: class c is positive iff the mask has a pixel of value c."""
     present = np.bincount(label.ravel(), minlength=256)[1:21] > 0
     return present.astype(np.float32)
+
+
+# ---------------------------------------------------------------- class plan
+def _object_counts(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Objects per image for ``n`` images: exactly OBJECT_SHARES hold 1, 2, 3; shuffled."""
+    ends = np.round(np.cumsum(OBJECT_SHARES) * n).astype(int)
+    return rng.permutation(np.repeat([1, 2, 3], np.diff(ends, prepend=0)))
+
+
+def _balanced(rng: np.random.Generator, n: int, used: np.ndarray) -> list[list[int]]:
+    """Classes of ``n`` images: each takes its k least-used classes (ties at random), so the
+    counts in ``used`` (updated in place) never drift more than one apart."""
+    out = []
+    for k in _object_counts(rng, n):
+        pick = np.lexsort((rng.random(len(used)), used))[:k]
+        used[pick] += 1
+        out.append([int(CLASSES[i][0]) for i in rng.permutation(pick)])
+    return out
+
+
+def plan_classes(seed: int, n_train_aug: int, n_train: int,
+                 n_val: int) -> tuple[list[int], list[list[int]]]:
+    """The train subset (sorted indices into train_aug) and every image's VOC classes
+    (train_aug images first, then val). train and val are balanced on their own; the rest of
+    train_aug continues from train's counts, so train_aug is balanced as a whole."""
+    rng = np.random.Generator(np.random.PCG64([seed, n_train_aug + n_val]))
+    train = sorted(int(i) for i in rng.choice(n_train_aug, n_train, replace=False))
+    rest = sorted(set(range(n_train_aug)) - set(train))
+    used = np.zeros(len(CLASSES), np.int64)
+    plan = dict(zip(train, _balanced(rng, len(train), used)))
+    plan.update(zip(rest, _balanced(rng, len(rest), used)))
+    val = _balanced(rng, n_val, np.zeros(len(CLASSES), np.int64))
+    return train, [plan[i] for i in range(n_train_aug)] + val
 
 
 # ---------------------------------------------------------------- outputs
@@ -319,12 +480,13 @@ def _check_args(seed: int, counts: dict[str, int]) -> None:
                         f"({counts['n_train_aug']}): train is a subset of train_aug")
 
 
-def _write_image(root: Path, name: str, seed: int, index: int) -> np.ndarray:
+def _write_image(root: Path, name: str, seed: int, index: int,
+                 classes: Sequence[int]) -> np.ndarray:
     rng = np.random.Generator(np.random.PCG64([seed, index]))
     hw = tuple(int(s) for s in rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, 2))
     while hw[0] == hw[1]:  # VOC images are never square
         hw = (hw[0], int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1)))
-    img, label = compose(rng, hw)
+    img, label = compose(rng, hw, classes)
     atomic_save(root / "JPEGImages" / f"{name}.jpg",
                 lambda f: Image.fromarray(img).save(f, format="JPEG", quality=92))
     save_label_png(label, root / "SegmentationClass" / f"{name}.png")
@@ -333,9 +495,8 @@ def _write_image(root: Path, name: str, seed: int, index: int) -> np.ndarray:
 
 def _write_all(root: Path, seed: int, n_train_aug: int, n_train: int, n_val: int) -> dict:
     names = [f"2026_{i + 1:06d}" for i in range(n_train_aug + n_val)]
-    cls = {n: _write_image(root, n, seed, i) for i, n in enumerate(names)}
-    split_rng = np.random.Generator(np.random.PCG64([seed, len(names)]))
-    train = sorted(split_rng.choice(n_train_aug, n_train, replace=False))
+    train, plan = plan_classes(seed, n_train_aug, n_train, n_val)
+    cls = {n: _write_image(root, n, seed, i, plan[i]) for i, n in enumerate(names)}
     lists = {"train_aug": names[:n_train_aug], "train": [names[i] for i in train],
              "val": names[n_train_aug:]}
     for key, lst in lists.items():
@@ -365,8 +526,10 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, n_train_aug: int = 300,
             shutil.rmtree(tmp, ignore_errors=True)
     labels = np.stack(list(res["cls"].values()))
     freq = {CLASS_NAMES[k]: int(labels[:, k].sum()) for k in np.flatnonzero(labels.sum(0))}
+    split_min = {k: int(np.stack([res["cls"][n] for n in v]).sum(0).min())
+                 for k, v in res["lists"].items()}
     return {"out_dir": str(out), "counts": {k: len(v) for k, v in res["lists"].items()},
-            "classes": list(freq), "class_freq": freq,
+            "classes": list(freq), "class_freq": freq, "split_class_min": split_min,
             "multi_label_ratio": float(np.mean(labels.sum(1) >= 2)),
             "seconds": time.perf_counter() - t0}
 
@@ -380,9 +543,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-val", type=int, default=60, help="held-out val images")
     a = p.parse_args(argv)
     s = generate(a.out, a.seed, a.n_train_aug, a.n_train, a.n_val)
-    c = s["counts"]
+    c, m = s["counts"], s["split_class_min"]
     print(f"toy VOC in {s['out_dir']}: train_aug {c['train_aug']}, train {c['train']}, "
-          f"val {c['val']}; {len(s['classes'])} classes; multi-label {s['multi_label_ratio']:.0%}"
+          f"val {c['val']}; {len(s['classes'])} classes, each in >= {m['train_aug']}/"
+          f"{m['train']}/{m['val']} images; multi-label {s['multi_label_ratio']:.0%}"
           f"; {s['seconds']:.1f} s")
     return s
 

@@ -1,5 +1,7 @@
-"""Tests for the toy VOC generator (data/toy_voc.py): layout, splits, masks, labels, difficulty,
-determinism and argument checks. Sets are small (at most 40 images) to stay fast."""
+"""Tests for the toy VOC generator (data/toy_voc.py): layout, splits, masks, labels, class plan,
+class definitions, difficulty, determinism and argument checks. Rendered sets are small (at most
+50 images) to stay fast; the guarantees for the default sizes are checked on the class plan,
+which decides every image's classes before drawing."""
 from __future__ import annotations
 
 import re
@@ -16,12 +18,13 @@ from data.voc import load_cls_labels, load_img_name_list, load_mask, voc_palette
 from tool.errors import UserError
 
 SEG = Path("ImageSets") / "Segmentation"
+SIZES = {"n_train_aug": 30, "n_train": 10, "n_val": 10}
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy") / "voc"
-    summary = toy_voc.generate(root, seed=3, n_train_aug=30, n_train=8, n_val=10)
+    summary = toy_voc.generate(root, seed=3, **SIZES)
     lists = {k: load_img_name_list(root / SEG / f"{k}.txt") for k in ("train_aug", "train", "val")}
     names = lists["train_aug"] + lists["val"]
     masks = {n: load_mask(root / "SegmentationClass" / f"{n}.png") for n in names}
@@ -33,10 +36,16 @@ def _read_tree(root: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
+def _multi_hot(classes) -> np.ndarray:
+    v = np.zeros(20, np.float32)
+    v[np.asarray(classes) - 1] = 1
+    return v
+
+
 def test_layout_counts_and_splits(toy):
     root, summary, lists, _ = toy
-    assert {k: len(v) for k, v in lists.items()} == {"train_aug": 30, "train": 8, "val": 10}
-    assert summary["counts"] == {"train_aug": 30, "train": 8, "val": 10}
+    assert {k: len(v) for k, v in lists.items()} == {"train_aug": 30, "train": 10, "val": 10}
+    assert summary["counts"] == {"train_aug": 30, "train": 10, "val": 10}
     assert set(lists["train"]) <= set(lists["train_aug"])
     assert not set(lists["val"]) & set(lists["train_aug"])
     names = lists["train_aug"] + lists["val"]
@@ -67,10 +76,9 @@ def test_masks_are_voc_palette_pngs_with_ignore_band(toy):
     root, _, lists, masks = toy
     with Image.open(root / "SegmentationClass" / f"{lists['val'][0]}.png") as im:
         assert im.mode == "P" and im.getpalette()[:768] == voc_palette()
-    allowed = {0, 255} | {c[0] for c in toy_voc.CLASSES}
     near_share = []
     for m in masks.values():
-        assert set(np.unique(m)) <= allowed
+        assert set(np.unique(m)) <= set(range(21)) | {255}
         assert 0 < np.mean(m == 255) < 0.1
         # two different labels never touch: the 255 band always separates them
         for a, b in ((m[1:], m[:-1]), (m[:, 1:], m[:, :-1])):
@@ -83,38 +91,134 @@ def test_masks_are_voc_palette_pngs_with_ignore_band(toy):
     assert min(near_share) > 0.75 and np.mean(near_share) > 0.95
 
 
-def test_labels_match_visible_mask_pixels(toy):
-    root, _, _, masks = toy
+def test_labels_match_visible_mask_pixels_and_the_plan(toy):
+    root, _, lists, masks = toy
     cls = load_cls_labels(root / "cls_labels.npy")
-    for n, m in masks.items():
-        counts = np.bincount(m.ravel(), minlength=256)[1:21]
+    _, plan = toy_voc.plan_classes(3, **SIZES)
+    for n, classes in zip(lists["train_aug"] + lists["val"], plan):
+        counts = np.bincount(masks[n].ravel(), minlength=256)[1:21]
         np.testing.assert_array_equal(cls[n], (counts > 0).astype(np.float32))
-        assert cls[n].sum() >= 1
-        assert counts[counts > 0].min() >= 0.03 * m.size  # every object stays clearly visible
+        np.testing.assert_array_equal(cls[n], _multi_hot(classes))  # every object was placed
+        assert counts[counts > 0].min() >= toy_voc.MIN_VISIBLE * masks[n].size
 
 
-def test_class_variety_and_multi_label_ratio(toy):
-    root, summary, _, _ = toy
-    labels = np.stack(list(load_cls_labels(root / "cls_labels.npy").values()))
-    assert (labels.sum(0) > 0).sum() >= 6
+def test_every_class_in_every_split_balanced(toy):
+    root, summary, lists, _ = toy
+    cls = load_cls_labels(root / "cls_labels.npy")
+    for split, names in lists.items():
+        per_class = np.stack([cls[n] for n in names]).sum(0)
+        assert per_class.min() >= 1 and per_class.max() - per_class.min() <= 1, split
+        assert summary["split_class_min"][split] == per_class.min()
+    labels = np.stack(list(cls.values()))
+    assert labels.sum(1).mean() >= 2.0
     ratio = np.mean(labels.sum(1) >= 2)
     assert ratio >= 0.3 and summary["multi_label_ratio"] == pytest.approx(ratio)
-    assert len(summary["classes"]) == (labels.sum(0) > 0).sum()
+    assert len(summary["classes"]) == 20
 
 
-def test_every_class_has_its_own_shape_and_texture():
-    assert len(toy_voc.CLASSES) >= 6
-    for i in (1, 2):  # shape names and texture names are both unique per class
-        assert len({c[i] for c in toy_voc.CLASSES}) == len(toy_voc.CLASSES)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_default_plan_guarantees_class_counts(seed):
+    train, plan = toy_voc.plan_classes(seed, 300, 60, 60)
+    assert len(plan) == 360 and len(set(train)) == 60 and train == sorted(train)
+    assert 0 <= train[0] and train[-1] < 300
+    assert all(1 <= len(c) == len(set(c)) <= 3 for c in plan)  # distinct classes per image
+    splits = {"train_aug": (plan[:300], 25), "train": ([plan[i] for i in train], 6),
+              "val": (plan[300:], 6)}
+    for name, (images, least) in splits.items():
+        per_class = np.stack([_multi_hot(c) for c in images]).sum(0)
+        assert per_class.min() >= least, name
+        assert per_class.max() - per_class.min() <= 1, name
+    sizes = np.array([len(c) for c in plan])
+    assert sizes.mean() >= 2.0 and np.mean(sizes >= 2) >= 0.3
+
+
+def _spectrum(tex: str, period: float, angle: float) -> np.ndarray:
+    """Phase-free, slightly blurred power spectrum of a 96-px patch, unit norm."""
+    v, u = np.mgrid[0:96, 0:96].astype(np.float32) - 48
+    c, s = np.cos(angle), np.sin(angle)
+    x = toy_voc.texture(tex, c * u + s * v + 3.3, -s * u + c * v + 1.7, period).astype(float)
+    x = (x - x.mean()) * np.outer(np.hanning(96), np.hanning(96))
+    f = cv2.GaussianBlur(np.abs(np.fft.fft2(x)), (5, 5), 1.0)
+    return (f / np.linalg.norm(f)).ravel()
+
+
+def test_every_class_has_its_own_texture():
+    assert [c[0] for c in toy_voc.CLASSES] == list(range(1, 21))
+    assert len({(c[2], c[3]) for c in toy_voc.CLASSES}) == 20
+    periods: dict[str, list[float]] = {}
+    for _, _, tex, period in toy_voc.CLASSES:
+        periods.setdefault(tex, []).append(period)
+        assert 8 <= period <= 16
+    for p in periods.values():  # fine and coarse variants stay apart after a 0.6-1.0 rescale
+        assert len(p) == 1 or max(p) / min(p) >= 1.6
     v, u = np.mgrid[0:64, 0:64].astype(np.float32) - 32
-    patterns = {c[2]: toy_voc.texture(c[2], u, v, c[3]) for c in toy_voc.CLASSES}
-    for p in patterns.values():
-        assert 0.15 < p.mean() < 0.85  # a real two-colour texture, not a flat fill
-    for a, b in combinations(patterns.values(), 2):
-        assert np.mean(a != b) > 0.2
-    masks = [toy_voc.shape_mask(c[1], (80, 80), (40, 40), 60, 0.0) for c in toy_voc.CLASSES]
+    for _, _, tex, period in toy_voc.CLASSES:
+        assert 0.15 < toy_voc.texture(tex, u, v, period).mean() < 0.85  # two colours, not flat
+    # no two textures share their frequencies, even rotated apart by the largest object angle
+    rot = toy_voc.MAX_ROTATION
+    spectra = [[_spectrum(c[2], c[3], a) for a in (-rot, rot)] for c in toy_voc.CLASSES]
+    for a, b in combinations(spectra, 2):
+        assert a[0] @ b[1] < 0.8 and a[1] @ b[0] < 0.8
+    with pytest.raises(ValueError, match="unknown texture"):
+        toy_voc.texture("plaid", u, v, 8.0)
+
+
+def test_every_class_has_its_own_shape():
+    shapes = [c[1] for c in toy_voc.CLASSES]
+    assert len(set(shapes)) == 20 and set(shapes) == set(toy_voc.SHAPES)
+    masks = [toy_voc.shape_mask(s, (80, 80), (40, 40), 60, 0.0) for s in shapes]
+    for m in masks:  # inside the unit box, and not too sparse to stay visible
+        assert not m[:10].any() and not m[71:].any() and not m[:, :10].any()
+        assert not m[:, 71:].any() and m.sum() > 0.38 * 60 * 60
     for a, b in combinations(masks, 2):
         assert (a & b).sum() / (a | b).sum() < 0.85
+
+
+@pytest.mark.parametrize("hw", [(120, 121), (120, 180), (120, 220), (220, 120), (170, 150)])
+def test_grid_fallback_keeps_every_object_visible(hw):
+    min_px = toy_voc.MIN_VISIBLE * hw[0] * hw[1]
+    for shape in toy_voc.SHAPES:
+        inst, placed = toy_voc._grid_layout(hw, [shape] * 3)
+        assert len(placed) == 3 and toy_voc._all_visible(inst, 3, min_px), shape
+
+
+def _periodicity(img: np.ndarray, mask: np.ndarray) -> float:
+    """Largest autocorrelation, over shifts of 3-20 px along x, y and both diagonals, of the
+    high-passed grey level inside ``mask``: near 1 for a periodic texture, near 0 for noise;
+    0 for fills without real detail (plain, smooth gradients)."""
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    m = mask.astype(np.float32)  # blur inside the mask only, so its border leaks nothing
+    hp = grey - cv2.GaussianBlur(grey * m, (0, 0), 4) / np.maximum(cv2.GaussianBlur(m, (0, 0), 4),
+                                                                    1e-6)
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    hp, inner = np.pad(hp, 20), np.pad(inner, 20)  # rolls below wrap into the padding only
+    if inner.sum() < 400 or hp[inner].std() < 4:
+        return 0.0
+    best = 0.0
+    for lag in range(3, 21):
+        for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+            shift = (lag * dy, lag * dx)
+            both = inner & np.roll(inner, shift, (0, 1))
+            if both.sum() > 400:
+                corr = np.corrcoef(hp[both], np.roll(hp, shift, (0, 1))[both])[0, 1]
+                best = max(best, float(corr))
+    return best
+
+
+def test_distractors_carry_no_periodic_texture():
+    rng = np.random.Generator(np.random.PCG64(5))
+    scores = []
+    for _ in range(60):
+        img = np.full((160, 160, 3), 128, np.float32)
+        scores.append(_periodicity(img, toy_voc.distractor(img, rng, (0.5, 0.6))))
+    assert max(scores) < 0.3
+    for cls, shape, tex, _ in toy_voc.CLASSES:  # the measure does see the class textures
+        if tex in ("rings", "spokes"):
+            continue
+        img = np.full((160, 160, 3), 128, np.float32)
+        mask = toy_voc.shape_mask(shape, (160, 160), (80, 80), 120, 0.1)
+        toy_voc._paint_object(img, mask, cls, (80, 80), 0.1, rng)
+        assert _periodicity(img, mask) > 0.5, tex
 
 
 def test_no_global_colour_threshold_segments_objects(toy):
