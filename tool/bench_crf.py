@@ -1,0 +1,141 @@
+"""Benchmark: the released CRF loop (21 labels, one image after another) against ours (background
++ present classes, ``CRFPool`` worker processes), on a synthetic but realistic batch.
+
+    python -m tool.bench_crf [--batch 4] [--size 448] [--workers 2] [--repeats 3] [--layout train]
+
+``--layout train`` reproduces the training call: N own maps plus N partner maps over the same N
+images (the partner batch is a permutation of the own batch).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from tool.crf import CRFPool, crf_labels_full
+from tool.plmix import pseudo_label_maps
+
+
+def _texture(rng: np.random.Generator, size: int, cells: int, amp: float) -> np.ndarray:
+    """Smooth random colour field (size, size, 3): a coarse grid upsampled bicubically."""
+    coarse = rng.normal(0, amp, (cells, cells, 3)).astype(np.float32)
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def synthetic_sample(rng: np.random.Generator, size: int, T: float = 0.3
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image (H, W, 3) uint8 with 1-3 classes of textured elliptic objects on a textured
+    background, float16 M (21, H, W) from CAM-like maps (SPEC 5.5 step 4, channel 0 = T), and
+    the present class ids."""
+    img = 110 + _texture(rng, size, 6, 40) + _texture(rng, size, 40, 12)
+    classes = np.sort(rng.choice(np.arange(1, 21), size=rng.integers(1, 4), replace=False))
+    raw = np.abs(rng.normal(0, 0.05, (21, size, size))).astype(np.float32)  # absent: masked
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    for c in classes:
+        colour = rng.uniform(0, 255, 3)
+        for _ in range(rng.integers(1, 3)):
+            cy, cx = rng.uniform(0.15, 0.85, 2) * size
+            ry, rx = rng.uniform(0.08, 0.25, 2) * size
+            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            img[inside] = (colour + _texture(rng, size, 24, 25))[inside]
+            # CAM-like: peaked on a shifted, shrunk copy of the object, smooth, a bit noisy
+            oy, ox = rng.normal(0, 0.15, 2) * (ry, rx)
+            peak = np.exp(-(((yy - cy - oy) / ry) ** 2 + ((xx - cx - ox) / rx) ** 2) * 1.5)
+            raw[c] += peak * rng.uniform(0.6, 1.0)
+        raw[c] += cv2.GaussianBlur(rng.normal(0, 0.08, (size, size)).astype(np.float32),
+                                   (0, 0), size / 40)
+    img += rng.normal(0, 6, img.shape)
+    label_bg = torch.zeros(1, 21)
+    label_bg[0, 0] = 1
+    label_bg[0, classes] = 1
+    m16 = pseudo_label_maps(torch.from_numpy(raw)[None], label_bg, T)[0].numpy()
+    return np.clip(img, 0, 255).astype(np.uint8), m16, classes
+
+
+def synthetic_batch(batch: int, size: int, seed: int = 0, layout: str = "batch"
+                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """images (B, H, W, 3) uint8, maps (B, 21, H, W) float16, presents; B = batch, or 2 * batch
+    for layout "train" (own maps, then partner maps on the permuted images)."""
+    rng = np.random.default_rng(seed)
+    samples = [synthetic_sample(rng, size) for _ in range(batch)]
+    if layout == "train":
+        perm = rng.permutation(batch)
+        partners = []
+        for i in perm:
+            img, m16, classes = samples[i]
+            # another map for the same image and classes (stands for the partner's SGC)
+            m16 = m16.copy()
+            m16[classes] = np.roll(m16[classes], (size // 20, -size // 15), axis=(1, 2))
+            partners.append((img, m16, classes))
+        samples += partners
+    images, maps, presents = zip(*samples)
+    return np.stack(images), np.stack(maps), list(presents)
+
+
+def _best_time(fn, repeats: int) -> tuple[float, float, np.ndarray]:
+    """Best wall and best CPU (this process) seconds of ``fn()`` over ``repeats``, its output."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return min(walls), min(cpus), out
+
+
+def bench_crf(batch: int = 4, size: int = 448, workers: int = 2, repeats: int = 3,
+              layout: str = "batch", absent: str = "merge", seed: int = 0) -> dict:
+    """Time both CRF paths on the same synthetic batch (best of ``repeats``), print and return
+    seconds per batch, the speed-up and the share of pixels where their labels agree.
+
+    Also timed: ours in this process (``reduced_serial_*``), which separates the gain of the
+    label reduction from that of the pool; ``*_cpu_s`` are CPU seconds of this process, which
+    other load on the machine disturbs less than wall time.
+    """
+    images, maps, presents = synthetic_batch(batch, size, seed, layout)
+
+    def released() -> np.ndarray:
+        return np.stack([crf_labels_full(im, m) for im, m in zip(images, maps)])
+
+    def ours(pool: CRFPool) -> np.ndarray:
+        return pool.map(images, maps, presents, reduced=True, absent=absent)
+
+    t_rel, c_rel, lab_rel = _best_time(released, repeats)
+    t_ser, c_ser, _ = _best_time(lambda: ours(CRFPool(0)), repeats)
+    with CRFPool(workers) as pool:
+        pool.warmup()
+        t_ours, _, lab_ours = _best_time(lambda: ours(pool), repeats)
+    res = {"batch": batch, "size": size, "workers": workers, "layout": layout, "absent": absent,
+           "maps": len(maps), "labels_per_map": [len(p) + 1 for p in presents],
+           "released_s": t_rel, "ours_s": t_ours, "speedup": t_rel / t_ours,
+           "agreement": float((lab_rel == lab_ours).mean()),
+           "released_cpu_s": c_rel, "reduced_serial_s": t_ser, "reduced_serial_cpu_s": c_ser,
+           "reduction_gain_cpu": c_rel / c_ser}
+    print(f"{len(maps)} maps of {size}x{size} ({layout} layout), labels per map "
+          f"{res['labels_per_map']}, absent={absent}\n"
+          f"  released 21-label loop : {t_rel:.3f} s/batch (cpu {c_rel:.3f})\n"
+          f"  reduced, in-process    : {t_ser:.3f} s/batch (cpu {c_ser:.3f}; "
+          f"gain {res['reduction_gain_cpu']:.2f}x in cpu)\n"
+          f"  reduced + {workers} workers    : {t_ours:.3f} s/batch\n"
+          f"  speed-up {res['speedup']:.2f}x, agreement {res['agreement']:.6f}")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--size", type=int, default=448)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layout", choices=("batch", "train"), default="batch")
+    ap.add_argument("--absent", choices=("merge", "drop"), default="merge")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    bench_crf(a.batch, a.size, a.workers, a.repeats, a.layout, a.absent, a.seed)
+
+
+if __name__ == "__main__":
+    main()

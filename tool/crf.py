@@ -1,0 +1,292 @@
+"""Dense CRF (pydensecrf ``DenseCRF2D``) for pseudo labels (SPEC 5.5 step 4) and inference.
+
+Two ways to run it:
+
+- released style: all C = 21 labels (``dense_crf`` / ``crf_labels_full``);
+- reduced: background + the present classes only (``crf_labels``).
+
+Why the reduced CRF decides as the 21-label one does: classes absent from the image-level label
+have all-zero maps, hence the same constant unary -log((1 - s) / 21) at every pixel and the same
+Potts messages, so their marginals stay equal to each other during mean field. By induction they
+never exceed the background's (its unary is lower everywhere as long as T > 0 and the filters
+are linear with non-negative weights), so they never win - but their mass is part of every
+per-pixel normaliser. ``absent="merge"`` (default) therefore replaces the m absent labels by ONE
+aggregate label with unary u_abs - log(m) and Potts weights w / m: it carries exactly their
+total mass, so every normaliser, hence every kept marginal, equals the 21-label CRF's up to
+float32 rounding. ``absent="drop"`` removes them outright: the kept marginals then grow by a
+per-pixel factor, the messages shift and about 1 % of the pixels can change (tool.bench_crf).
+
+``CRFPool`` runs a batch of images in worker processes (created once, reused across calls).
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pydensecrf.densecrf as dcrf
+
+ABSENT_MODES = ("merge", "drop")
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """The CRF settings of SPEC 5.5 step 4 / section 9 (released values as defaults; D2)."""
+
+    n_iters: int = 6
+    unary_scale: float = 0.5
+    gauss_sxy: float = 3 / 1.5
+    gauss_compat: float = 1.0
+    bi_sxy: float = 32 / 1.5
+    bi_srgb: float = 10.0
+    bi_compat: float = 10.0
+
+
+def softmax_unary(probs: np.ndarray, scale: float, n_labels: int | None = None,
+                  clip: float = 1e-5) -> np.ndarray:
+    """-log(clip(scale * p + (1 - scale) / n_labels, clip, 1)): np (C, H, W) -> np (C, H*W) f32.
+
+    With ``n_labels = C`` (default) this is bit-identical to pydensecrf's
+    ``unary_from_softmax(probs, scale)``: ``scale * p`` stays in the input dtype (float16 for the
+    pseudo-label maps, Q21; a Python float never upcasts it) and the uniform term is added in
+    float64.
+    """
+    n = probs.shape[0] if n_labels is None else n_labels
+    uniform = (1 - scale) * (1.0 / n)
+    p = (float(scale) * probs).astype(np.float64) + uniform
+    return -np.log(np.clip(p, clip, 1.0)).reshape(probs.shape[0], -1).astype(np.float32)
+
+
+def _compat(weight: float, label_scale: np.ndarray | None) -> float | np.ndarray:
+    """Potts weight w, or a diagonal compatibility -w * label_scale (densecrf's Potts(w) is
+    the diagonal -w, so label_scale = 1 everywhere gives the same model)."""
+    if label_scale is None:
+        return float(weight)
+    return np.ascontiguousarray(-weight * label_scale, dtype=np.float32)
+
+
+def _build_crf(image: np.ndarray, n_labels: int, p: CRFParams,
+               label_scale: np.ndarray | None = None) -> dcrf.DenseCRF2D:
+    """DenseCRF2D with both pairwise terms for image (H, W, 3) uint8. The lattices are built
+    here; one object can then run several unaries (bit-identical to fresh objects)."""
+    h, w = image.shape[:2]
+    crf = dcrf.DenseCRF2D(w, h, n_labels)
+    crf.addPairwiseGaussian(sxy=p.gauss_sxy, compat=_compat(p.gauss_compat, label_scale))
+    crf.addPairwiseBilateral(sxy=p.bi_sxy, srgb=p.bi_srgb,
+                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+                             compat=_compat(p.bi_compat, label_scale))
+    return crf
+
+
+def _infer(crf: dcrf.DenseCRF2D, unary: np.ndarray, n_iters: int, hw: tuple[int, int]
+           ) -> np.ndarray:
+    """Mean field from unary (L, H*W) -> Q np (L, H, W) float32."""
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    return np.asarray(crf.inference(n_iters), dtype=np.float32).reshape(unary.shape[0], *hw)
+
+
+def dense_crf(image_hwc_uint8: np.ndarray, probs_chw: np.ndarray, n_iters: int = 6,
+              unary_scale: float = 0.5, gauss_sxy: float = 2.0, gauss_compat: float = 1.0,
+              bi_sxy: float = 32 / 1.5, bi_srgb: float = 10.0, bi_compat: float = 10.0
+              ) -> np.ndarray:
+    """Released-style CRF over all C labels given: image (H, W, 3) uint8, probs (C, H, W)
+    (not necessarily a distribution) -> Q np (C, H, W) float32."""
+    p = CRFParams(n_iters, unary_scale, gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat)
+    crf = _build_crf(image_hwc_uint8, probs_chw.shape[0], p)
+    return _infer(crf, softmax_unary(probs_chw, unary_scale), n_iters, probs_chw.shape[1:])
+
+
+def crf_labels_full(image: np.ndarray, maps: np.ndarray, **params) -> np.ndarray:
+    """Released path: argmax (ties -> lowest id) of the 21-label CRF -> np (H, W) uint8."""
+    return dense_crf(image, maps, **params).argmax(0).astype(np.uint8)
+
+
+def kept_labels(present: Sequence[int] | np.ndarray | None, maps: np.ndarray) -> np.ndarray:
+    """Background + present class ids, sorted and unique -> np int64.
+
+    ``present=None`` keeps every channel that is non-zero somewhere; an all-zero channel is
+    exactly an absent label for the CRF, so merging it is exact either way.
+    """
+    if present is None:
+        present = np.flatnonzero(maps.reshape(maps.shape[0], -1).max(axis=1) != 0)
+    ids = np.unique(np.concatenate([[0], np.asarray(present, dtype=np.int64).ravel()]))
+    if ids[-1] >= maps.shape[0] or ids[0] < 0:
+        raise ValueError(f"present ids {ids.tolist()} out of range for {maps.shape[0]} maps")
+    return ids
+
+
+class _LabelSet:
+    """The labels a reduced CRF runs over: the kept ids, plus (absent="merge") one aggregate
+    for the m absent ids with unary u_abs - log(m) and Potts weights scaled by 1/m."""
+
+    def __init__(self, keep: np.ndarray, n_full: int, absent: str, p: CRFParams,
+                 dtype: np.dtype) -> None:
+        self.keep, self.n_full, self.scale_u = keep, n_full, p.unary_scale
+        self.missing = np.setdiff1d(np.arange(n_full), keep)
+        self.merge = bool(self.missing.size) and absent == "merge"
+        self.ids, self.label_scale = keep, None
+        if self.merge:
+            m = self.missing.size
+            u_abs = softmax_unary(np.zeros((1, 1, 1), dtype), self.scale_u, n_full)[0, 0]
+            self.agg_unary = float(u_abs) - math.log(m)
+            self.label_scale = np.append(np.ones(keep.size, np.float32), np.float32(1.0 / m))
+            # the aggregate stands for the lowest absent id, so ties resolve to the lowest id
+            # exactly as the 21-label argmax does
+            self.ids = np.append(keep, self.missing[0])
+        self.order = np.argsort(self.ids, kind="stable")
+
+    def unary(self, sub_map: np.ndarray) -> np.ndarray:
+        """sub_map (K, H, W) kept channels -> (L, H*W) float32."""
+        u = softmax_unary(sub_map, self.scale_u, n_labels=self.n_full)  # uniform stays (1-s)/21
+        if not self.merge:
+            return u
+        return np.concatenate([u, np.full((1, u.shape[1]), self.agg_unary, np.float32)])
+
+    def per_label(self, q: np.ndarray) -> np.ndarray:
+        """Q of the CRF labels -> marginals per kept id (+ ONE absent id), in place."""
+        if self.merge:
+            q[-1] /= self.missing.size
+        return q
+
+    def decide(self, q: np.ndarray) -> np.ndarray:
+        """Per-label marginals (L, H, W) -> ids np (H, W) uint8, ties to the lowest id."""
+        return self.ids[self.order][q[self.order].argmax(0)].astype(np.uint8)
+
+    def full(self, q: np.ndarray) -> np.ndarray:
+        """Per-label marginals (L, H, W) -> (n_full, H, W); absent ids 0 when dropped."""
+        out = np.zeros((self.n_full, *q.shape[1:]), np.float32)
+        out[self.keep] = q[: self.keep.size]
+        if self.merge:
+            out[self.missing] = q[-1]
+        return out
+
+
+def _crf_group(image: np.ndarray, maps: np.ndarray, keep: np.ndarray | None, n_full: int,
+               absent: str, params: dict) -> np.ndarray:
+    """Several maps over ONE image (own and partner maps share images): one lattice, one
+    inference per map. maps (G, K, H, W) hold the kept channels only (keep None: all n_full,
+    the released path) -> np (G, H, W) uint8 label ids."""
+    p = CRFParams(**params)
+    labels = _LabelSet(np.arange(n_full) if keep is None else keep, n_full, absent, p, maps.dtype)
+    crf = _build_crf(image, labels.ids.size, p, labels.label_scale)
+    out = np.empty((len(maps), *maps.shape[2:]), dtype=np.uint8)
+    for g, mp in enumerate(maps):
+        q = _infer(crf, labels.unary(mp), p.n_iters, mp.shape[1:])
+        out[g] = labels.decide(labels.per_label(q))
+    return out
+
+
+def crf_marginals(image: np.ndarray, maps: np.ndarray,
+                  present: Sequence[int] | np.ndarray | None, *, absent: str = "merge",
+                  **params) -> np.ndarray:
+    """The reduced CRF's marginals spread back to all C ids: np (C, H, W) float32. With
+    "merge" they equal ``dense_crf``'s up to float32 rounding; arguments as ``crf_labels``."""
+    _check_absent(absent)
+    p = CRFParams(**params)
+    keep = kept_labels(present, maps)
+    labels = _LabelSet(keep, maps.shape[0], absent, p, maps.dtype)
+    crf = _build_crf(image, labels.ids.size, p, labels.label_scale)
+    q = _infer(crf, labels.unary(np.ascontiguousarray(maps[keep])), p.n_iters, maps.shape[1:])
+    return labels.full(labels.per_label(q))
+
+
+def crf_labels(image: np.ndarray, maps: np.ndarray,
+               present: Sequence[int] | np.ndarray | None, *, absent: str = "merge",
+               **params) -> np.ndarray:
+    """CRF over background + present classes only, result mapped back to ids 0..C-1.
+
+    image (H, W, 3) uint8; maps (C, H, W), C = 21, channel 0 = background; present: foreground
+    ids in 1..C-1 (None: the non-zero channels). Channels outside ``present`` are taken as zero
+    (they are in the released maps) and not read. params: ``CRFParams`` fields.
+    Returns np (H, W) uint8.
+    """
+    _check_absent(absent)
+    keep = kept_labels(present, maps)
+    sub = np.ascontiguousarray(maps[keep])[None]
+    return _crf_group(image, sub, keep, maps.shape[0], absent, asdict(CRFParams(**params)))[0]
+
+
+def _check_absent(absent: str) -> None:
+    if absent not in ABSENT_MODES:
+        raise ValueError(f"absent must be one of {ABSENT_MODES}, got {absent!r}")
+
+
+class CRFPool:
+    """Batch CRF, image by image, in ``workers`` processes (0 or 1: in this process).
+
+    The executor is created once and reused by every call; use as a context manager or call
+    ``close()``. ``mp_context`` defaults to "spawn" so workers inherit no CUDA/OpenMP state from a
+    training process (the main script must then be import-safe: ``if __name__ == "__main__"``).
+    """
+
+    def __init__(self, workers: int = 0, mp_context: str = "spawn") -> None:
+        self.workers = int(workers)
+        self._ex = None
+        if self.workers > 1:
+            ctx = multiprocessing.get_context(mp_context)
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx)
+
+    def map(self, images: np.ndarray, maps: np.ndarray,
+            presents: Sequence[Sequence[int] | None] | None = None, *, reduced: bool = True,
+            absent: str = "merge", **params) -> np.ndarray:
+        """images np (N, H, W, 3) uint8, maps np (N, C, H, W) (e.g. float16) -> np (N, H, W) uint8.
+
+        reduced=False: the 21-label CRF. reduced=True: background + presents[i] (None, or an
+        entry None: the non-zero channels). params: ``CRFParams`` fields. Maps that share an
+        identical image and label set run on one CRF object (one lattice build): the training
+        batch holds every image twice, once with its own map and once as a partner.
+        """
+        _check_absent(absent)
+        params = asdict(CRFParams(**params))  # validates the names before anything is shipped
+        groups: dict[tuple[bytes, tuple[int, ...] | None], list[int]] = {}
+        keeps: list[np.ndarray | None] = []
+        for i in range(len(images)):
+            keep = None
+            if reduced:
+                keep = kept_labels(None if presents is None else presents[i], maps[i])
+            keeps.append(keep)
+            key = (np.ascontiguousarray(images[i]).tobytes(), None if keep is None else tuple(keep))
+            groups.setdefault(key, []).append(i)
+        jobs = []
+        for idx in groups.values():
+            keep = keeps[idx[0]]
+            sub = maps[idx] if keep is None else maps[np.ix_(idx, keep)]
+            jobs.append((np.ascontiguousarray(images[idx[0]]), np.ascontiguousarray(sub), keep,
+                         maps.shape[1], absent, params))
+        if self._ex is None:
+            results = [_crf_group(*job) for job in jobs]
+        else:
+            # longest jobs first (cost ~ maps x labels), so the workers finish together
+            order = sorted(range(len(jobs)), key=lambda j: -jobs[j][1].shape[0] * (
+                jobs[j][1].shape[1] + 2))
+            done = dict(zip(order, self._ex.map(_crf_group, *zip(*[jobs[j] for j in order]))))
+            results = [done[j] for j in range(len(jobs))]
+        out = np.empty((len(images), *maps.shape[2:]), dtype=np.uint8)
+        for idx, res in zip(groups.values(), results):
+            out[idx] = res
+        return out
+
+    __call__ = map
+
+    def warmup(self, size: int = 16) -> None:
+        """Start every worker and import the CRF there, so timing excludes process start-up."""
+        if self._ex is None:
+            return
+        # distinct images, so that they are not grouped into one job
+        img = np.arange(self.workers, dtype=np.uint8)[:, None, None, None]
+        img = np.broadcast_to(img, (self.workers, size, size, 3))
+        self.map(img, np.zeros((self.workers, 2, size, size), np.float32), reduced=False)
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown()
+            self._ex = None
+
+    def __enter__(self) -> CRFPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

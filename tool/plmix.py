@@ -1,0 +1,192 @@
+"""PL-Mix operations of SPEC 5.5: partner choice, pseudo labels, own-pair augmentation, mixing.
+
+Tensors are torch and stay on the input's device; the OpenCV steps round-trip through the CPU.
+Random draws come from explicit generators (D6).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from tool.camutils import cam_maxnorm
+from tool.crf import CRFPool
+
+LABEL_INTERP = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT}
+
+
+# ---- step 1: partner ---------------------------------------------------------------------------
+
+def partner_index(n: int, rng_or_generator: torch.Generator | np.random.Generator,
+                  random_order: bool = True) -> torch.Tensor:
+    """Partner permutation pi (n,) long; fixed points allowed (SPEC 5.5 step 1).
+
+    A torch.Generator draws ``torch.randperm`` on its own device, a numpy Generator draws
+    ``permutation``. ``random_order=False`` is the unused batch-reversal path (Q9).
+    """
+    if not random_order:
+        return torch.arange(n - 1, -1, -1)
+    if isinstance(rng_or_generator, np.random.Generator):
+        return torch.from_numpy(rng_or_generator.permutation(n))
+    return torch.randperm(n, generator=rng_or_generator, device=rng_or_generator.device)
+
+
+def union_labels(labels: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Image-level union mixlabel = max(y, y[pi]): (N, 20) -> (N, 20); used only by SC."""
+    return torch.maximum(labels, labels[perm])
+
+
+# ---- step 4: pseudo labels ---------------------------------------------------------------------
+
+def pseudo_label_maps(maps: torch.Tensor, label_bg: torch.Tensor, T: float) -> torch.Tensor:
+    """M = float16(cam_maxnorm(maps) * label_bg) with M[:, 0] = float16(T) (Q21).
+
+    maps (N, 21, H, W); label_bg (N, 21) or (N, 21, 1, 1) -> (N, 21, H, W) float16.
+    """
+    n = maps.shape[0]
+    m = cam_maxnorm(maps) * label_bg.reshape(n, -1, 1, 1).to(maps.dtype)
+    m = m.half()  # float16 rounding is the same on every device
+    m[:, 0] = T  # rounded to float16 like the maps (Q21): 0.30 -> 0.30005
+    return m
+
+
+def pseudo_labels(maps: torch.Tensor, label_bg: torch.Tensor, T: float) -> torch.Tensor:
+    """SPEC 5.5 step 4 without CRF: argmax of ``pseudo_label_maps`` -> (N, H, W) long.
+
+    Ties go to the lower index; absent classes are 0 so only background or present classes win.
+    Works for N = 1 (Q22: no squeeze).
+    """
+    return pseudo_label_maps(maps, label_bg, T).argmax(dim=1)
+
+
+def crf_pseudo_labels(images: np.ndarray | torch.Tensor, maps: torch.Tensor,
+                      label_bg: torch.Tensor, T: float, *, reduced: bool = False,
+                      pool: CRFPool | None = None, absent: str = "merge", **crf_kwargs
+                      ) -> torch.Tensor:
+    """SPEC 5.5 step 4 with the dense CRF -> (N, H, W) long on ``maps.device``.
+
+    images: (N, 3, H, W) uint8 (the de-normalised batch, numpy or torch); maps, label_bg as for
+    ``pseudo_labels``; the same float16 M is the CRF input. reduced=False is the released
+    21-label CRF; reduced=True runs background + present classes (``tool.crf.crf_labels``).
+    pool: a ``CRFPool`` reused across calls (None: in this process, one image after another).
+    crf_kwargs: ``tool.crf.CRFParams`` fields.
+    """
+    m16 = pseudo_label_maps(maps, label_bg, T).cpu().numpy()
+    imgs = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+    imgs = np.ascontiguousarray(np.asarray(imgs, dtype=np.uint8).transpose(0, 2, 3, 1))
+    present = label_bg.reshape(maps.shape[0], -1).detach().cpu().numpy()[:, 1:] > 0
+    presents = [np.flatnonzero(row) + 1 for row in present]
+    pool = CRFPool(0) if pool is None else pool
+    labels = pool.map(imgs, m16, presents, reduced=reduced, absent=absent, **crf_kwargs)
+    return torch.from_numpy(labels).long().to(maps.device)
+
+
+# ---- step 5: augmentation of the own pair ------------------------------------------------------
+
+def draw_angles(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n integer angles in [-90, 89] degrees (the release's np.random.randint(-90, 90))."""
+    return rng.integers(-90, 90, size=n)
+
+
+def _image_np(img: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) tensor -> np (N, H, W, C) float32, C-contiguous, never sharing memory."""
+    return np.array(img.detach().float().permute(0, 2, 3, 1).cpu().numpy(), order="C")
+
+
+def _label_np(label: torch.Tensor) -> np.ndarray:
+    """(N, H, W) integer tensor -> np (N, H, W) uint8 (OpenCV has no int64 warps/resizes)."""
+    lab = label.detach().cpu()
+    if lab.numel() and (lab.min() < 0 or lab.max() > 255):
+        raise ValueError("label ids must lie in 0..255")
+    return np.ascontiguousarray(lab.numpy().astype(np.uint8))
+
+
+def _as_image(arr: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(like.device, like.dtype)
+
+
+def _as_label(arr: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(arr).to(like.device, like.dtype)
+
+
+def rotate_pair(img: torch.Tensor, label: torch.Tensor, angles: Sequence[int] | np.ndarray
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC 5.5 step 5.1: rotate each sample by its integer angle (degrees, positive =
+    counter-clockwise, OpenCV convention) about (W/2, H/2), scale 1, same size.
+
+    img (N, 3, H, W) float normalised: bilinear, border 0 (the mean colour); label (N, H, W):
+    nearest, border 0 (background). Returns new tensors on the input device and dtype.
+    """
+    h, w = label.shape[-2:]
+    im, lab = _image_np(img), _label_np(label)
+    out_im, out_lab = np.empty_like(im), np.empty_like(lab)
+    for k, angle in enumerate(angles):
+        rot = cv2.getRotationMatrix2D((w / 2, h / 2), float(angle), 1.0)
+        out_im[k] = cv2.warpAffine(im[k], rot, (w, h), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0).reshape(h, w, -1)
+        out_lab[k] = cv2.warpAffine(lab[k], rot, (w, h), flags=cv2.INTER_NEAREST,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return _as_image(out_im, img), _as_label(out_lab, label)
+
+
+def _place_axis(rng: np.random.Generator, new: int, old: int) -> tuple[slice, slice]:
+    """(source, target) slices along one axis: crop if the resized size is >= the original,
+    else paste. Offsets use an exclusive upper bound (Q26); an unchanged size draws nothing."""
+    if new >= old:
+        o = int(rng.integers(0, new - old)) if new > old else 0
+        return slice(o, o + old), slice(0, old)
+    o = int(rng.integers(0, old - new))
+    return slice(0, new), slice(o, o + new)
+
+
+def _scale_place_one(im: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
+                     label_flag: int) -> tuple[np.ndarray, np.ndarray]:
+    """One sample: im (H, W, C) float32, lab (H, W) uint8 -> same shapes."""
+    h, w = lab.shape
+    s = rng.uniform(0.5, 2.0)
+    nh, nw = int(h * s), int(w * s)  # H and W separately (Q22 fix: non-square inputs)
+    if (nh, nw) == (h, w):
+        return im.copy(), lab.copy()
+    im_r = cv2.resize(im, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, -1)
+    lab_r = cv2.resize(lab, (nw, nh), interpolation=label_flag)  # bilinear on ids: Q10
+    sy, ty = _place_axis(rng, nh, h)
+    sx, tx = _place_axis(rng, nw, w)
+    out_im, out_lab = np.zeros_like(im), np.zeros_like(lab)  # mean colour / background
+    out_im[ty, tx] = im_r[sy, sx]
+    out_lab[ty, tx] = lab_r[sy, sx]
+    return out_im, out_lab
+
+
+def random_scale_place(img: torch.Tensor, label: torch.Tensor, rng: np.random.Generator,
+                       label_interp: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC 5.5 step 5.2: per sample s ~ U(0.5, 2), resize to (int(H s), int(W s)), then a
+    random crop (s >= 1) or a paste into a zero canvas (s < 1).
+
+    img (N, 3, H, W) float normalised (bilinear); label (N, H, W) ids, 'bilinear' as released
+    (Q10: cv2's uint8 rounding creates intermediate ids on boundaries) or 'nearest' (the fix,
+    centre-aligned). rng: numpy Generator. Returns new tensors on the input device and dtype.
+    """
+    if label_interp not in LABEL_INTERP:
+        raise ValueError(f"label_interp must be one of {sorted(LABEL_INTERP)}")
+    im, lab = _image_np(img), _label_np(label)
+    for k in range(len(im)):
+        im[k], lab[k] = _scale_place_one(im[k], lab[k], rng, LABEL_INTERP[label_interp])
+    return _as_image(im, img), _as_label(lab, label)
+
+
+# ---- steps 6 and 7: mix ------------------------------------------------------------------------
+
+def mix_labels(own: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """Y_mix = own where own > 0 else partner: (N, H, W) -> (N, H, W)."""
+    return torch.where(own > 0, own, partner)
+
+
+def mix_images(img_own: torch.Tensor, img_partner: torch.Tensor,
+               own_label: torch.Tensor) -> torch.Tensor:
+    """I_mix = img_own * m + img_partner * (1 - m), m = own_label > 0 (hard paste in normalised
+    space): (N, 3, H, W), (N, 3, H, W), (N, H, W) -> (N, 3, H, W). Inputs are not modified (the
+    release overwrites the label with the mask in place)."""
+    m = (own_label > 0).unsqueeze(1).to(img_own.dtype)
+    return img_own * m + img_partner * (1 - m)
