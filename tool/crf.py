@@ -45,6 +45,13 @@ class CRFParams:
     bi_compat: float = 10.0
 
 
+def crf_params(args) -> dict:
+    """The CRF parameters of a resolved config (``crf_iters``, ...) as ``CRFParams`` fields."""
+    return dict(n_iters=args.crf_iters, unary_scale=args.crf_unary_scale,
+                gauss_sxy=args.crf_gauss_sxy, gauss_compat=args.crf_gauss_compat,
+                bi_sxy=args.crf_bi_sxy, bi_srgb=args.crf_bi_srgb, bi_compat=args.crf_bi_compat)
+
+
 def softmax_unary(probs: np.ndarray, scale: float, n_labels: int | None = None,
                   clip: float = 1e-5) -> np.ndarray:
     """-log(clip(scale * p + (1 - scale) / n_labels, clip, 1)): np (C, H, W) -> np (C, H*W) f32.

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tool import losses as L
 from tool import plmix
 from tool.camutils import cam_maxnorm, cam_softmaxnorm, color_denorm
+from tool.crf import crf_params
 
 
 @dataclass
@@ -80,10 +81,9 @@ def plmix_losses(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tenso
     perm = plmix.partner_index(img.shape[0], ctx.gen, random_order=a.Random_order).to(img.device)
     partner_img = img[perm]
     model.eval()  # quirk Q11: partner and mix passes run in eval mode
-    with torch.no_grad():
-        sgc_p = model(partner_img, "cam")[1]
-        sgc_pf = model(partner_img.flip(-1), "cam")[1].flip(-1)
-        partner_map = (sgc_p + sgc_pf) / 2
+    with torch.no_grad():  # the partner and its flip in one eval-mode batch (same result)
+        sgc_p, sgc_pf = model(torch.cat([partner_img, partner_img.flip(-1)]), "cam")[1].chunk(2)
+        partner_map = (sgc_p + sgc_pf.flip(-1)) / 2
     own_lbl, partner_lbl = make_pseudo_labels(
         torch.cat([img, partner_img]), torch.cat([sam, partner_map]),
         torch.cat([label_bg, label_bg[perm]]), ctx).split(img.shape[0])
@@ -119,13 +119,6 @@ def make_pseudo_labels(images: torch.Tensor, maps: torch.Tensor, label_bg: torch
     return plmix.crf_pseudo_labels(
         color_denorm(images), maps, label_bg, ctx.camT, pool=ctx.crf_pool,
         reduced=a.crf_reduced, **crf_params(a))
-
-
-def crf_params(a: Namespace) -> dict:
-    """The CRF parameters of the config, as the keyword names of ``tool.crf.dense_crf``."""
-    return dict(n_iters=a.crf_iters, unary_scale=a.crf_unary_scale, gauss_sxy=a.crf_gauss_sxy,
-                gauss_compat=a.crf_gauss_compat, bi_sxy=a.crf_bi_sxy, bi_srgb=a.crf_bi_srgb,
-                bi_compat=a.crf_bi_compat)
 
 
 def view_losses(model, batch: dict, label: torch.Tensor, ctx: StepContext,

@@ -1,0 +1,81 @@
+"""Inference: the SPEC 6 npy format, label PNGs, and resume-by-skipping after a kill."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import infer_cam
+import train_mcl
+from data.voc import load_cls_labels, load_img_name_list
+from tool import fileio, infer
+
+
+@pytest.fixture
+def trained(tiny_config, tmp_path):
+    train_mcl.main(["--config", str(tiny_config), "--session_name", str(tmp_path / "run"),
+                    "--max_epoches", "1", "--plmix", "False"])
+    return tmp_path / "run" / "last.ckpt"
+
+
+def _infer(cfg, weights, out: Path, *extra):
+    return infer_cam.main(["--config", str(cfg), "--weights", str(weights),
+                           "--out_npy", str(out / "npy"), "--out_cam_npy", str(out / "cam"),
+                           "--out_png", str(out / "png"), "--crf", "False", *extra])
+
+
+def test_npy_format_present_classes_only(tiny_config, trained, toy_voc, tmp_path):
+    _infer(tiny_config, trained, tmp_path / "o")
+    labels = load_cls_labels(toy_voc / "cls_labels.npy")
+    names = load_img_name_list(toy_voc / "ImageSets/Segmentation/val.txt")
+    for name in names:
+        w, h = Image.open(toy_voc / "JPEGImages" / f"{name}.jpg").size
+        for sub in ("npy", "cam"):
+            d = np.load(tmp_path / "o" / sub / f"{name}.npy", allow_pickle=True).item()
+            assert sorted(d) == list(np.nonzero(labels[name])[0])
+            for m in d.values():
+                assert m.dtype == np.float32 and m.shape == (h, w)
+                # min-max normalised; a constant (all-zero) map stays constant, at -1 as released
+                assert m.max() <= 1.0 + 1e-6 and (m.max() > 0.99 or m.min() == m.max())
+        png = Image.open(tmp_path / "o" / "png" / f"{name}.png")
+        assert png.mode == "P" and png.size == (w, h)
+        present = set(np.unique(np.array(png))) - {0}
+        assert present <= {int(k) + 1 for k in np.nonzero(labels[name])[0]}
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_killed_run_resumes_to_identical_files(tiny_config, trained, tmp_path, monkeypatch):
+    _infer(tiny_config, trained, tmp_path / "whole")
+    real_save, calls = fileio.save_npy_dict, {"n": 0}
+
+    def dying_save(path, d):  # the process dies while writing the third image's npy
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        real_save(path, d)
+
+    monkeypatch.setattr(infer, "save_npy_dict", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        _infer(tiny_config, trained, tmp_path / "killed")
+    monkeypatch.setattr(infer, "save_npy_dict", real_save)
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "killed").rglob("*"))
+    written = _infer(tiny_config, trained, tmp_path / "killed")
+    assert 0 < written < 4  # the finished images were skipped
+    assert _tree_bytes(tmp_path / "whole") == _tree_bytes(tmp_path / "killed")
+    assert _infer(tiny_config, trained, tmp_path / "killed") == 0
+
+
+def test_camT_comes_from_checkpoint_unless_given(tiny_config, trained, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(infer, "run", lambda args, model, camT: seen.append(camT) or 0)
+    ck = torch.load(trained, weights_only=False)
+    _infer(tiny_config, trained, tmp_path / "a")
+    _infer(tiny_config, trained, tmp_path / "b", "--camT", "0.11")
+    assert seen == [pytest.approx(ck["camT"]), 0.11]
