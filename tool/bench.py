@@ -20,6 +20,9 @@ from tool.fileio import save_text
 
 SECTIONS: dict[str, str] = {  # section name -> module
     "eval": "tool.bench_eval",
+    "crf": "tool.bench_crf",
+    "train": "tool.bench_train",
+    "infer": "tool.bench_infer",
 }
 
 

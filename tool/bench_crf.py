@@ -124,17 +124,26 @@ def bench_crf(batch: int = 4, size: int = 448, workers: int = 2, repeats: int = 
     return res
 
 
+def add_args(group: argparse._ArgumentGroup) -> None:
+    """Options of the ``crf`` section of ``python -m tool.bench``."""
+    group.add_argument("--crf_batch", type=int, default=4)
+    group.add_argument("--crf_size", type=int, default=448)
+    group.add_argument("--crf_workers", type=int, default=2)
+    group.add_argument("--crf_repeats", type=int, default=3)
+    group.add_argument("--crf_layout", choices=("batch", "train"), default="train",
+                       help="train: the training step's call (own + partner maps)")
+    group.add_argument("--crf_absent", choices=("merge", "drop"), default="merge")
+
+
+def run(args: argparse.Namespace) -> dict:
+    return bench_crf(args.crf_batch, args.crf_size, args.crf_workers, args.crf_repeats,
+                     args.crf_layout, args.crf_absent)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--size", type=int, default=448)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--layout", choices=("batch", "train"), default="batch")
-    ap.add_argument("--absent", choices=("merge", "drop"), default="merge")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    bench_crf(a.batch, a.size, a.workers, a.repeats, a.layout, a.absent, a.seed)
+    add_args(ap.add_argument_group("crf"))
+    run(ap.parse_args())
 
 
 if __name__ == "__main__":
