@@ -87,6 +87,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def fill_bn_counters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add ``num_batches_tracked`` = 0 for every BN whose statistics lack it.
+
+    Files older than PyTorch 0.4.1 (the legacy ``resnet50-19c8e357.pth``) and converted MXNet
+    files have no counters; they carry no information the CAM network uses.
+    """
+    out = dict(state)
+    for key in state:
+        if key.endswith(".running_mean"):
+            out.setdefault(key.removesuffix("running_mean") + "num_batches_tracked",
+                           torch.tensor(0, dtype=torch.long))
+    return out
+
+
 def compare_keys(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> LoadReport:
     """Report how ``state`` matches ``model.state_dict()`` without loading anything."""
     own = model.state_dict()
@@ -120,6 +134,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike | None, n
     state = read_state_dict(path)
     if remap is not None:
         state = remap(state)
+    state = fill_bn_counters(state)
     report = compare_keys(backbone, state, path)
     if report.mismatched:
         raise UserError(f"{path} does not fit backbone {name}: shape mismatch "

@@ -192,6 +192,15 @@ def test_resnet50_imagenet_layout_loads(tmp_path, caplog, resnet50_net):
                                sd["layer3.2.conv2.weight"])
 
 
+def test_legacy_resnet50_without_bn_counters_loads(tmp_path, resnet50_net):
+    # resnet50-19c8e357.pth predates BN's num_batches_tracked
+    sd = {k: v for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+    torch.save(sd, tmp_path / "resnet50-19c8e357.pth")
+    report = resnet50_net.backbone.load_imagenet_weights(tmp_path / "resnet50-19c8e357.pth")
+    assert report.missing == [] and sorted(report.unexpected) == ["fc.bias", "fc.weight"]
+
+
 def test_weights_wrapped_and_module_prefix(tmp_path, resnet18_file):
     sd = torch.load(resnet18_file)
     path = tmp_path / "wrapped.pth"

@@ -66,9 +66,8 @@ def infer_and_eval(cfg: str, voc: str, weights: Path, folder: Path, val_list: st
     curve = json.loads((folder / "eval.json").read_text())
     if t is None:
         return {"t": curve["best"]["t"], "miou": curve["best"]["miou"], "curve": curve}
-    eval_cam.main(ev[:8] + ["--t", f"{t:.4f}"])
-    i = min(range(len(curve["thresholds"])), key=lambda k: abs(curve["thresholds"][k] - t))
-    return {"t": t, "miou": curve["miou"][i], "curve": curve}
+    at_t = eval_cam.main(ev[:8] + ["--t", repr(t)])
+    return {"t": t, "miou": at_t.best_miou, "curve": curve}
 
 
 def main(argv: list[str] | None = None) -> dict:

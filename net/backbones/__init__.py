@@ -14,7 +14,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from net.backbones.effb3 import effb3
 from net.backbones.resnet import resnet18, resnet50
+from net.backbones.resnet38 import resnet38
 from net.weights import LoadReport
 from tool.errors import UserError
 
@@ -41,6 +43,8 @@ class Backbone(Protocol):
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "resnet38": resnet38,
+    "effb3": effb3,
 }
 
 
