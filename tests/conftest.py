@@ -27,6 +27,7 @@ model:
   backbone_width: 0.25
   backbone_strides: [2, 2, 1]
   trainable_bn: true
+  imagenet_required: false
 train:
   batch_size: 4
   max_epoches: 2

@@ -18,6 +18,7 @@ from net.cam_net import CAMNet
 from net.weights import load_cam_weights
 from tool.checkpoint import load_checkpoint, rng_states, save_checkpoint
 from tool.crf import CRFPool
+from tool.errors import UserError
 from tool.evaluation import parse_t_range
 from tool.metrics import LOSS_COLUMNS, write_metrics
 from tool.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
@@ -25,6 +26,17 @@ from tool.train_step import StepContext, train_step
 from tool.validate import validate
 
 log = logging.getLogger("plmix")
+
+
+def check_weights_given(args: Namespace) -> None:
+    """Fail at once, naming the file to get, when the config trains from ImageNet weights."""
+    from net.backbones import weights_hint
+    from net.weights import no_weights
+
+    if args.imagenet_required and no_weights(args.backbone_weights) and no_weights(args.weights):
+        raise UserError(f"backbone {args.backbone} trains from ImageNet weights: pass "
+                        f"--backbone_weights PATH to a local copy of {weights_hint(args.backbone)}"
+                        " (or --imagenet_required False to train from scratch)")
 
 
 def build_model(args: Namespace, device: torch.device) -> CAMNet:
@@ -66,13 +78,13 @@ def epoch_loader(ds: TrainDataset, args: Namespace, epoch: int) -> DataLoader:
 
 def run(args: Namespace) -> dict:
     """Train; returns the final state summary (best mIoU, camT, run folder)."""
+    check_weights_given(args)
     out = Path(args.session_name)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out / "train.log")
     device = resolve_device(args.device)
     train_ds, val_ds = build_loaders(args)
     if len(train_ds) < args.batch_size:
-        from tool.errors import UserError
         raise UserError(f"--batch_size {args.batch_size} exceeds the {len(train_ds)} images "
                         f"of {args.train_list}")
     seed_everything(args.seed)  # the same initial weights for a fresh run and a resumed one

@@ -14,6 +14,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from net.backbones import effb3 as _effb3
+from net.backbones import resnet as _resnet
+from net.backbones import resnet38 as _resnet38
 from net.backbones.effb3 import effb3
 from net.backbones.resnet import resnet18, resnet50
 from net.backbones.resnet38 import resnet38
@@ -63,3 +66,9 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
         raise UserError(f"backbone {name} does not take option(s) {', '.join(bad)}; "
                         f"it takes {', '.join(accepted) or 'none'}")
     return builder(**kwargs)
+
+
+def weights_hint(name: str) -> str:
+    """The ImageNet checkpoint file(s) backbone ``name`` expects, and where they are published."""
+    return {"effb3": _effb3.HINT, "resnet38": _resnet38.HINT}.get(name) or \
+        _resnet.weights_hint(name)

@@ -89,7 +89,6 @@ class ResNetBackbone(nn.Module):
         exp = block.expansion
         self.tap_channels = (base, planes[1] * exp, planes[2] * exp, planes[3] * exp)
         self.output_stride = 4 * math.prod(strides)
-        self._weight_files = WEIGHT_FILES.get(name, f"a torchvision {name} checkpoint")
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -111,9 +110,13 @@ class ResNetBackbone(nn.Module):
 
     def load_imagenet_weights(self, path: str | os.PathLike | None) -> LoadReport | None:
         """Load a torchvision ImageNet checkpoint from a local file (None/'None' = keep init)."""
-        hint = f"torchvision's ImageNet checkpoint {self._weight_files}, published with " \
-               "torchvision's model zoo"
-        return load_backbone_weights(self, path, self.name, hint)
+        return load_backbone_weights(self, path, self.name, weights_hint(self.name))
+
+
+def weights_hint(name: str) -> str:
+    """Which ImageNet file a ResNet expects and where it is published (by name only)."""
+    files = WEIGHT_FILES.get(name, f"a torchvision {name} checkpoint")
+    return f"torchvision's ImageNet checkpoint {files}, published with torchvision's model zoo"
 
 
 def resnet18(strides: Sequence[int] | None = None, width: float = 1.0,
