@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from tool import ablation, demo
+from tool.metrics import read_metrics
 
 
 def test_demo_writes_summary_and_outputs(tiny_config, toy_voc, tmp_path, capsys):
@@ -26,9 +27,15 @@ def test_demo_writes_summary_and_outputs(tiny_config, toy_voc, tmp_path, capsys)
 
 
 def test_ablation_table(tiny_config, toy_voc, tmp_path):
-    res = ablation.main(["--config", str(tiny_config), "--voc12_root", str(toy_voc),
+    cfg = tmp_path / "abl.yaml"  # the mix branch from epoch 1: epoch 0 is shared
+    cfg.write_text(tiny_config.read_text().replace("mix_start: 0", "mix_start: 1"))
+    res = ablation.main(["--config", str(cfg), "--voc12_root", str(toy_voc),
                          "--seeds", "0", "--out", str(tmp_path / "abl")])
     assert set(res) == {"MCL", "MCL+PL-Mix"} and all(len(v) == 1 for v in res.values())
     md = (tmp_path / "abl" / "ablation.md").read_text()
     assert "| seed |" in md and "mean ± std" in md
     assert (tmp_path / "abl" / "ablation.png").stat().st_size > 0
+    mcl, mix = (read_metrics(tmp_path / "abl" / d / "metrics.csv")
+                for d in ("MCL_seed0", "MCL_PL-Mix_seed0"))
+    assert mcl[0]["miou"] == mix[0]["miou"]  # the shared epoch
+    assert float(mcl[1]["loss_mixseg"]) == 0 and float(mix[1]["loss_mixseg"]) > 0

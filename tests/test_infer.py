@@ -79,3 +79,21 @@ def test_camT_comes_from_checkpoint_unless_given(tiny_config, trained, tmp_path,
     _infer(tiny_config, trained, tmp_path / "a")
     _infer(tiny_config, trained, tmp_path / "b", "--camT", "0.11")
     assert seen == [pytest.approx(ck["camT"]), 0.11]
+
+
+def test_crf_pngs_use_the_shared_crf(tiny_config, trained, toy_voc, tmp_path, monkeypatch):
+    calls = []
+    real = infer.crf_labels
+
+    def spy(image, maps, present, **kw):
+        calls.append(sorted(present))
+        return real(image, maps, present, **kw)
+
+    monkeypatch.setattr(infer, "crf_labels", spy)
+    _infer(tiny_config, trained, tmp_path / "o", "--crf", "True")
+    labels = load_cls_labels(toy_voc / "cls_labels.npy")
+    names = load_img_name_list(toy_voc / "ImageSets/Segmentation/val.txt")
+    assert calls == [sorted(int(k) + 1 for k in np.nonzero(labels[n])[0]) for n in names]
+    for n in names:
+        present = set(np.unique(np.array(Image.open(tmp_path / "o" / "png" / f"{n}.png"))))
+        assert present <= {0} | {int(k) + 1 for k in np.nonzero(labels[n])[0]}

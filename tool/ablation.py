@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from tool.checkpoint import load_checkpoint
+from tool.config import load_config
 from tool.demo import infer_and_eval, train
 from tool.errors import cli_main
 from tool.fileio import atomic_save, save_text
@@ -21,9 +23,31 @@ from tool.fileio import atomic_save, save_text
 VARIANTS = (("MCL", "False"), ("MCL+PL-Mix", "True"))
 
 
+def run_dir(a: argparse.Namespace, variant: str, seed: int) -> Path:
+    return Path(a.out) / f"{variant.replace('+', '_')}_seed{seed}"
+
+
+def shared_prefix(a: argparse.Namespace, seed: int) -> None:
+    """Train the epochs before the mix branch once and start both variants from them.
+
+    Up to ``mix_start`` the two variants are the same computation (every draw is seeded by
+    (seed, epoch)), so the PL-Mix run resumes from the baseline's checkpoint at that epoch.
+    """
+    mix_start = load_config(a.config)["schedule"]["mix_start"]
+    base, mix = (run_dir(a, v, seed) for v, _ in VARIANTS)
+    if mix_start <= 0 or (mix / "last.ckpt").exists():
+        return
+    if not (base / "last.ckpt").exists() or \
+            load_checkpoint(base / "last.ckpt")["epoch"] < mix_start - 1:
+        train(a.config, base, a.voc12_root,
+              ["--plmix", "False", "--seed", str(seed), "--max_epoches", str(mix_start)])
+    mix.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(base / "last.ckpt", mix / "last.ckpt")
+
+
 def run_one(a: argparse.Namespace, variant: str, plmix: str, seed: int) -> float:
     """Train one (variant, seed), infer + evaluate val at its selected camT; mIoU in percent."""
-    out = Path(a.out) / f"{variant.replace('+', '_')}_seed{seed}"
+    out = run_dir(a, variant, seed)
     train(a.config, out, a.voc12_root, ["--plmix", plmix, "--seed", str(seed)])
     best = out / "best.ckpt" if (out / "best.ckpt").exists() else out / "last.ckpt"
     camT = float(load_checkpoint(best)["camT"])
@@ -74,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
     t0 = time.time()
+    for s in seeds:
+        shared_prefix(a, s)
     res = {name: [run_one(a, name, flag, s) for s in seeds] for name, flag in VARIANTS}
     out = Path(a.out)
     minutes = (time.time() - t0) / 60
