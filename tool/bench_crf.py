@@ -18,6 +18,10 @@ import torch
 from tool.crf import CRFPool, crf_labels_full
 from tool.plmix import pseudo_label_maps
 
+# How many classes an image has, as on VOC train_aug (1-6 per image, mean 1.56: SPEC 1.2);
+# the CRF's cost depends on it through the number of labels it keeps.
+CLASS_COUNT_P = (0.62, 0.25, 0.09, 0.04)
+
 
 def _texture(rng: np.random.Generator, size: int, cells: int, amp: float) -> np.ndarray:
     """Smooth random colour field (size, size, 3): a coarse grid upsampled bicubically."""
@@ -31,7 +35,8 @@ def synthetic_sample(rng: np.random.Generator, size: int, T: float = 0.3
     background, float16 M (21, H, W) from CAM-like maps (SPEC 5.5 step 4, channel 0 = T), and
     the present class ids."""
     img = 110 + _texture(rng, size, 6, 40) + _texture(rng, size, 40, 12)
-    classes = np.sort(rng.choice(np.arange(1, 21), size=rng.integers(1, 4), replace=False))
+    n_classes = rng.choice(len(CLASS_COUNT_P), p=CLASS_COUNT_P) + 1
+    classes = np.sort(rng.choice(np.arange(1, 21), size=n_classes, replace=False))
     raw = np.abs(rng.normal(0, 0.05, (21, size, size))).astype(np.float32)  # absent: masked
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     for c in classes:
