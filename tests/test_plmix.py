@@ -336,3 +336,17 @@ def test_bench_crf_smoke():
 
     res = bench_crf(batch=2, size=48, workers=0, repeats=1, layout="train")
     assert res["maps"] == 4 and res["agreement"] >= 0.995 and res["speedup"] > 0
+
+
+@pytest.mark.parametrize("n", [7, 8])
+@pytest.mark.parametrize("angle", [90, -90])
+def test_rotate_90_about_pixel_centre_is_exactly_rot90(n, angle):
+    rng = np.random.default_rng(n)
+    lab = torch.from_numpy(rng.integers(0, 21, (1, n, n)).astype(np.int64))
+    img = torch.from_numpy(rng.normal(size=(1, 3, n, n)).astype(np.float32))
+    out_img, out_lab = plmix.rotate_pair(img, lab, [angle], released_centre=False)
+    k = 1 if angle == 90 else -1  # positive = counter-clockwise, as np.rot90
+    np.testing.assert_array_equal(out_lab[0].numpy(), np.rot90(lab[0].numpy(), k))
+    for c in range(3):
+        np.testing.assert_allclose(out_img[0, c].numpy(), np.rot90(img[0, c].numpy(), k),
+                                   atol=1e-5)

@@ -111,19 +111,23 @@ def _as_label(arr: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(arr).to(like.device, like.dtype)
 
 
-def rotate_pair(img: torch.Tensor, label: torch.Tensor, angles: Sequence[int] | np.ndarray
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def rotate_pair(img: torch.Tensor, label: torch.Tensor, angles: Sequence[int] | np.ndarray,
+                released_centre: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """SPEC 5.5 step 5.1: rotate each sample by its integer angle (degrees, positive =
     counter-clockwise, OpenCV convention) about (W/2, H/2), scale 1, same size.
 
     img (N, 3, H, W) float normalised: bilinear, border 0 (the mean colour); label (N, H, W):
     nearest, border 0 (background). Returns new tensors on the input device and dtype.
+    The released centre (W/2, H/2) is half a pixel off the image centre in pixel-centre
+    coordinates, so +-90 degrees give np.rot90 moved by one pixel; ``released_centre=False``
+    rotates about ((W-1)/2, (H-1)/2), where +-90 degrees are exactly np.rot90.
     """
     h, w = label.shape[-2:]
+    centre = (w / 2, h / 2) if released_centre else ((w - 1) / 2, (h - 1) / 2)
     im, lab = _image_np(img), _label_np(label)
     out_im, out_lab = np.empty_like(im), np.empty_like(lab)
     for k, angle in enumerate(angles):
-        rot = cv2.getRotationMatrix2D((w / 2, h / 2), float(angle), 1.0)
+        rot = cv2.getRotationMatrix2D(centre, float(angle), 1.0)
         out_im[k] = cv2.warpAffine(im[k], rot, (w, h), flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0).reshape(h, w, -1)
         out_lab[k] = cv2.warpAffine(lab[k], rot, (w, h), flags=cv2.INTER_NEAREST,

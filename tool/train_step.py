@@ -90,7 +90,8 @@ def plmix_losses(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tenso
     own_img = img
     if ctx.active("aug_start"):
         angles = plmix.draw_angles(ctx.rng, img.shape[0])
-        own_img, own_lbl = plmix.rotate_pair(own_img, own_lbl, angles)
+        own_img, own_lbl = plmix.rotate_pair(own_img, own_lbl, angles,
+                                             released_centre=a.rotate_released_centre)
         own_img, own_lbl = plmix.random_scale_place(
             own_img, own_lbl, ctx.rng,
             label_interp="bilinear" if a.label_bilinear else "nearest")
