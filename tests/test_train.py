@@ -120,3 +120,13 @@ def test_checkpoint_holds_d7_state(tiny_config, tmp_path):
             "config", "history"} <= set(ck)
     assert ck["config"]["train"]["max_epoches"] == 1
     assert np.isfinite(ck["best_miou"])
+
+
+def test_missing_validation_mask(tiny_config, toy_voc, tmp_path):
+    voc = _copy_voc(toy_voc, tmp_path)
+    name = (voc / "ImageSets/Segmentation/train.txt").read_text().split()[0]
+    (voc / "SegmentationClass" / f"{name}.png").unlink()
+    with pytest.raises(UserError, match=f"mask not found: .*{name}.png"):
+        _train(tiny_config, "--voc12_root", str(voc), "--session_name", str(tmp_path / "r"),
+               "--max_epoches", "1")
+    assert not (tmp_path / "r" / "last.ckpt").exists()
