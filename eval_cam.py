@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 from data.voc import load_img_name_list
+from tool import eval_report as report
 from tool import evaluation as ev
 from tool.config import str2bool
 from tool.errors import UserError, cli_main
@@ -73,14 +74,14 @@ def main(argv: list[str] | None = None) -> ev.CurveResult:
     if args.json:
         save_text(args.json, json.dumps(res.to_json(), indent=2) + "\n")
     if args.plot:
-        ev.save_curve_plot(res, args.plot)
+        report.save_curve_plot(res, args.plot)
     if args.logfile:
         when = time.strftime("%Y-%m-%d %H:%M:%S")
-        ev.append_log(args.logfile, ev.log_record(res, args.comment, vars(args), when))
+        report.append_log(args.logfile, report.log_record(res, args.comment, vars(args), when))
     if len(res.miou) > 1:
-        print("\n".join(ev.curve_lines(res)))
-    print(ev.per_class_table(res))
-    print(ev.result_line(res))
+        print("\n".join(report.curve_lines(res)))
+    print(report.per_class_table(res))
+    print(report.result_line(res))
     return res
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from data.voc import load_img_name_list, load_mask, save_label_png
+from tool import eval_report as report
 from tool import evaluation as ev
 from tool.bench import ensure_toy_voc, print_table
 from tool.fileio import save_npy_dict
@@ -121,7 +122,7 @@ def _measure(names: list[str], cam_dir: Path, gt_dir: Path, args) -> dict:
                 ["method", "seconds", "images/s", "speed-up"], rows)
     speedup = t_base / t_one
     print(f"curves identical: {identical}; best mIoU {one.best_miou:.2f}% at "
-          f"t={ev.format_t(one.best_t)}; one-pass speed-up {speedup:.1f}x "
+          f"t={report.format_t(one.best_t)}; one-pass speed-up {speedup:.1f}x "
           f"(target {TARGET_SPEEDUP:.0f}x: {'met' if speedup >= TARGET_SPEEDUP else 'NOT met'})")
     if not identical:
         raise RuntimeError("one-pass and per-threshold mIoU curves differ")

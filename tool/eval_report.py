@@ -1,0 +1,78 @@
+"""Reporting for ``eval_cam.py``: the result line, the per-class table, the curve plot and the
+appended evaluation log."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tool.errors import UserError
+from tool.evaluation import CurveResult
+
+
+def format_t(t: float | None) -> str:
+    """``0.30`` style (at least two decimals, more when needed); ``-`` for png (no threshold)."""
+    if t is None:
+        return "-"
+    s = f"{t:.2f}"
+    return s if float(s) == t else f"{t:.10g}"
+
+
+def result_line(res: CurveResult) -> str:
+    """The final line of eval_cam.py: ``mIoU: 61.23% at t=0.30`` (``at t=-`` for png)."""
+    return f"mIoU: {res.best_miou:.2f}% at t={format_t(res.best_t)}"
+
+
+def per_class_table(res: CurveResult) -> str:
+    lines = [f"{'class':<14}{'IoU %':>8}"]
+    lines += [f"{name:<14}{iou:>8.2f}" for name, iou in res.per_class.items()]
+    return "\n".join(lines)
+
+
+def curve_lines(res: CurveResult) -> list[str]:
+    return [f"t={format_t(t)}\tmIoU={v:.3f}%" for t, v in zip(res.thresholds, res.miou)]
+
+
+def save_curve_plot(res: CurveResult, path: str | os.PathLike) -> None:
+    """PNG of mIoU against threshold with the best point marked (Agg backend), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tool.fileio import atomic_save
+
+    if res.best_t is None:
+        raise UserError("--plot needs a threshold curve (--type npy)")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        ax.plot(res.thresholds, res.miou, marker=".", lw=1)
+        ax.plot([res.best_t], [res.best_miou], "r*", ms=12,
+                label=f"best {res.best_miou:.2f}% at t={format_t(res.best_t)}")
+        ax.set_xlabel("background threshold t")
+        ax.set_ylabel("mIoU (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+        fig.tight_layout()
+        atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def log_record(res: CurveResult, comment: str, args: dict, when: str) -> str:
+    """One appended evaluation-log record: time and comment, args, result, curve if any."""
+    lines = [f"{when}\t{comment}", f"args: {args}", result_line(res)]
+    if len(res.miou) > 1:
+        lines += curve_lines(res)
+    return "\n".join(lines + ["=" * 40]) + "\n"
+
+
+def append_log(path: str | os.PathLike, record: str) -> None:
+    """Append ``record`` to a text log by rewriting it atomically (never a torn record)."""
+    from tool.fileio import save_text
+
+    path = Path(path)
+    try:
+        old = path.read_text() if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read log file {path}: {e}") from None
+    save_text(path, old + record)
