@@ -69,3 +69,19 @@ def test_unknown_flag_exits(capsys):
 def test_missing_config_file():
     with pytest.raises(UserError, match="config file not found"):
         parse_config_args(["--config", "nope.yaml"], ALL, "t", CONFIG_DIR / "base.yaml")
+
+
+def test_get_prints_shell_assignments(capsys):
+    from tool.config import main
+
+    main(["--config", str(CONFIG_DIR / "voc12_effb3.yaml"), "--voc12_root", "/d/VOC 2012",
+          "--get", "gt", "session_name"])
+    assert capsys.readouterr().out.splitlines() == [
+        "GT='/d/VOC 2012/SegmentationClass'", "SESSION_NAME=runs/voc12_effb3"]
+
+
+def test_run_scripts_are_valid_bash():
+    import subprocess
+
+    for script in ("run_train.sh", "run_infer.sh"):
+        assert subprocess.run(["bash", "-n", str(CONFIG_DIR.parent / script)]).returncode == 0

@@ -180,3 +180,30 @@ def _interpolate(cfg: dict, args: argparse.Namespace) -> None:
 
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tool.config --config X [--flag V ...] --get key [key ...]``: print resolved
+    values as shell assignments (``INFER_LIST='...'``) for the run scripts."""
+    import shlex
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if "--get" not in argv:
+        raise UserError("usage: python -m tool.config --config FILE [--KEY VALUE ...] --get KEY...")
+    i = argv.index("--get")
+    keys, rest = argv[i + 1:], argv[:i]
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=str(CONFIG_DIR / "toy.yaml"))
+    sections = list(load_config(pre.parse_known_args(rest)[0].config))
+    args = parse_config_args(rest, sections, "", CONFIG_DIR / "toy.yaml")
+    for k in keys:
+        if not hasattr(args, k):
+            raise UserError(f"unknown config key {k!r}")
+        print(f"{k.upper()}={shlex.quote(str(getattr(args, k)))}")
+
+
+if __name__ == "__main__":
+    from tool.errors import cli_main
+
+    cli_main(main)
