@@ -83,7 +83,7 @@ def _build_crf(image: np.ndarray, n_labels: int, p: CRFParams,
     crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.addPairwiseGaussian(sxy=p.gauss_sxy, compat=_compat(p.gauss_compat, label_scale))
     crf.addPairwiseBilateral(sxy=p.bi_sxy, srgb=p.bi_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+                             rgbim=np.require(image, np.uint8, ["C", "W"]),  # Cython wants writable
                              compat=_compat(p.bi_compat, label_scale))
     return crf
 

@@ -72,6 +72,7 @@ class ResNetBackbone(nn.Module):
         base = round(64 * width)
         if width <= 0 or base < 1:
             raise UserError(f"{name}: width must be positive with 64 * width >= 1, got {width}")
+        self.arch = name
         self.name = name if width == 1 else f"{name} (width {width:g})"
         self.width = width
         norm = nn.BatchNorm2d if trainable_bn else FixedBatchNorm2d
@@ -110,7 +111,7 @@ class ResNetBackbone(nn.Module):
 
     def load_imagenet_weights(self, path: str | os.PathLike | None) -> LoadReport | None:
         """Load a torchvision ImageNet checkpoint from a local file (None/'None' = keep init)."""
-        return load_backbone_weights(self, path, self.name, weights_hint(self.name))
+        return load_backbone_weights(self, path, self.name, weights_hint(self.arch))
 
 
 def weights_hint(name: str) -> str:
