@@ -173,17 +173,41 @@ class _LabelSet:
 
 def _crf_group(image: np.ndarray, maps: np.ndarray, keep: np.ndarray | None, n_full: int,
                absent: str, params: dict) -> np.ndarray:
-    """Several maps over ONE image (own and partner maps share images): one lattice, one
-    inference per map. maps (G, K, H, W) hold the kept channels only (keep None: all n_full,
-    the released path) -> np (G, H, W) uint8 label ids."""
+    """Several maps over ONE image (own and partner maps share images): one lattice and one
+    joint mean field for all of them (``_infer_stacked``). maps (G, K, H, W) hold the kept
+    channels only (keep None: all n_full, the released path) -> np (G, H, W) uint8 label ids."""
     p = CRFParams(**params)
     labels = _LabelSet(np.arange(n_full) if keep is None else keep, n_full, absent, p, maps.dtype)
-    crf = _build_crf(image, labels.ids.size, p, labels.label_scale)
-    out = np.empty((len(maps), *maps.shape[2:]), dtype=np.uint8)
-    for g, mp in enumerate(maps):
-        q = _infer(crf, labels.unary(mp), p.n_iters, mp.shape[1:])
-        out[g] = labels.decide(labels.per_label(q))
-    return out
+    g = len(maps)
+    scale = None if labels.label_scale is None else np.tile(labels.label_scale, g)
+    crf = _build_crf(image, g * labels.ids.size, p, scale)
+    unaries = np.stack([labels.unary(mp) for mp in maps])
+    q = _infer_stacked(crf, unaries, p.n_iters, maps.shape[2:])
+    return np.stack([labels.decide(labels.per_label(qg)) for qg in q])
+
+
+def _infer_stacked(crf: dcrf.DenseCRF2D, unaries: np.ndarray, n_iters: int,
+                   hw: tuple[int, int]) -> np.ndarray:
+    """G independent mean fields of L labels each, run as one CRF of G*L labels.
+
+    The pairwise terms are diagonal (Potts), so every label's message depends on its own Q only
+    and the lattice filters all G*L channels in one pass (its fixed cost is paid once, not G
+    times). The only coupling is densecrf's per-pixel normalisation over all G*L labels, which
+    scales each block by a per-pixel constant; renormalising every block after each step (on
+    densecrf's own Q buffer) gives each problem's mean field, up to float rounding.
+    unaries (G, L, H*W) -> Q np (G, L, H, W) float32.
+    """
+    g, n_lab, n = unaries.shape
+    crf.setUnaryEnergy(np.ascontiguousarray(unaries.reshape(g * n_lab, n), dtype=np.float32))
+    q_mat, tmp1, tmp2 = crf.startInference()
+    q = np.asarray(q_mat)  # a writable view of densecrf's (G*L, N) column-major Q
+    blocks = q.reshape((n_lab, g, n), order="F") if g > 1 else None
+    for it in range(n_iters + 1):
+        if it:
+            crf.stepInference(q_mat, tmp1, tmp2)
+        if blocks is not None:
+            blocks /= blocks.sum(axis=0, keepdims=True)
+    return np.array(q, dtype=np.float32).reshape(g, n_lab, *hw)
 
 
 def crf_marginals(image: np.ndarray, maps: np.ndarray,
