@@ -105,15 +105,16 @@ def run(args: Namespace) -> dict:
             seed_everything(args.seed, ep)
             rng, gen = epoch_generators(args.seed, ep, device)
             ctx = StepContext(args, ep, state["camT"], rng, gen, pool)
+            lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
             means = train_epoch(model, opt, epoch_loader(train_ds, args, ep), ctx, device)
             val = validate(model, val_loader, args.gt, thresholds, device)
             sched.step(val.best_miou)
-            row = {"epoch": ep, "lr": opt.param_groups[0]["lr"], **means,
+            row = {"epoch": ep, "lr": lr, **means,
                    "camT": state["camT"], "best_t": val.best_t, "miou": val.best_miou,
                    "seconds": round(time.time() - t0, 1)}
             state.update(epoch=ep, camT=val.best_t, history=state["history"] + [row])
             log.info("epoch %d: mIoU %.2f%% at t=%.2f (lr %.2e, %.0f s)", ep, val.best_miou,
-                     val.best_t, row["lr"], row["seconds"])
+                     val.best_t, lr, row["seconds"])
             end_of_epoch(out, args, model, opt, sched, state, val.best_miou)
     return {"best_miou": state["best_miou"], "camT": state["camT"], "session": str(out)}
 
