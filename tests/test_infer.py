@@ -97,3 +97,14 @@ def test_crf_pngs_use_the_shared_crf(tiny_config, trained, toy_voc, tmp_path, mo
     for n in names:
         present = set(np.unique(np.array(Image.open(tmp_path / "o" / "png" / f"{n}.png"))))
         assert present <= {0} | {int(k) + 1 for k in np.nonzero(labels[n])[0]}
+
+
+def test_sharded_inference_union_is_single_process(tiny_config, trained, tmp_path, monkeypatch):
+    _infer(tiny_config, trained, tmp_path / "single")
+    counts = []
+    for rank in (0, 1):  # what `torchrun --nproc_per_node 2 infer_cam.py ...` runs, one by one
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        counts.append(_infer(tiny_config, trained, tmp_path / "sharded"))
+    assert counts == [2, 2]
+    assert _tree_bytes(tmp_path / "single") == _tree_bytes(tmp_path / "sharded")

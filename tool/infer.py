@@ -2,7 +2,8 @@
 optional raw-CAM dicts, label PNGs at ``camT`` (optionally CRF-refined) and overlays.
 
 Images whose requested outputs all exist are skipped, and every file is written atomically,
-so an interrupted run continues where it stopped.
+so an interrupted run continues where it stopped. Under ``torchrun --nproc_per_node N`` each
+process takes every N-th image of the list (on one machine or several) and writes its own files.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from data.datasets import MultiScaleDataset
 from data.voc import image_path, load_cls_labels, load_image, load_img_name_list, save_label_png
 from tool.crf import crf_labels, crf_params
+from tool.dist import local_device, rank_world, shard
 from tool.fileio import save_npy_dict
 from tool.msf import msf_cams, present_dict
 from tool.runtime import resolve_device, setup_logging
@@ -74,11 +76,13 @@ def todo_names(names: list[str], args: Namespace) -> list[str]:
 def run(args: Namespace, model: torch.nn.Module, camT: float) -> int:
     """Infer every image of ``args.infer_list`` not done yet; returns how many were written."""
     setup_logging()
-    device = resolve_device(args.device)
-    names = load_img_name_list(args.infer_list)
+    device = local_device(resolve_device(args.device))
+    names = shard(load_img_name_list(args.infer_list))  # all of them outside torchrun
     todo = todo_names(names, args)
-    log.info("inference: %d images in %s, %d already done, camT %.2f, scales %s",
-             len(names), args.infer_list, len(names) - len(todo), camT, args.infer_scales)
+    rank, world = rank_world()
+    log.info("inference%s: %d images in %s, %d already done, camT %.2f, scales %s",
+             f" (rank {rank} of {world})" if world > 1 else "", len(names), args.infer_list,
+             len(names) - len(todo), camT, args.infer_scales)
     if not todo:
         return 0
     ds = MultiScaleDataset(todo, args.voc12_root, load_cls_labels(args.cls_labels),
