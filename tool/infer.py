@@ -88,7 +88,7 @@ def run(args: Namespace, model: torch.nn.Module, camT: float) -> int:
     ds = MultiScaleDataset(todo, args.voc12_root, load_cls_labels(args.cls_labels),
                            scales=args.infer_scales)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.num_workers)
-    crf_kwargs = crf_params(args) if args.crf else None
+    crf_kwargs = {**crf_params(args), "absent": args.crf_absent} if args.crf else None
     model.eval().to(device)
     for sample in tqdm(loader, desc="infer", total=len(ds)):
         infer_one(model, sample, args, camT, device, crf_kwargs)

@@ -119,7 +119,7 @@ def make_pseudo_labels(images: torch.Tensor, maps: torch.Tensor, label_bg: torch
         return plmix.pseudo_labels(maps, label_bg, ctx.camT)
     return plmix.crf_pseudo_labels(
         color_denorm(images), maps, label_bg, ctx.camT, pool=ctx.crf_pool,
-        reduced=a.crf_reduced, **crf_params(a))
+        reduced=a.crf_reduced, absent=a.crf_absent, **crf_params(a))
 
 
 def view_losses(model, batch: dict, label: torch.Tensor, ctx: StepContext,
