@@ -19,9 +19,8 @@ SECTIONS = ["run", "data", "model", "plmix", "eval", "infer"]
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml")
-    from net.weights import load_cam_weights
+    from net.weights import load_cam_weights, read_checkpoint
     from tool import infer
-    from tool.checkpoint import load_checkpoint
     from tool.train import build_model
 
     if not args.weights:
@@ -29,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     # the trained checkpoint holds every weight: no ImageNet file is needed here
     weights, args.weights, args.backbone_weights = args.weights, None, None
     model = build_model(args, device="cpu")
-    load_cam_weights(model, weights)
-    ckpt_camT = load_checkpoint(weights).get("camT")
+    ckpt = read_checkpoint(weights)
+    load_cam_weights(model, weights, checkpoint=ckpt)
+    ckpt_camT = ckpt.get("camT") if isinstance(ckpt, dict) else None
     explicit = any(a == "--camT" or a.startswith("--camT=") for a in argv)
     camT = args.camT if explicit or ckpt_camT is None else float(ckpt_camT)
     return infer.run(args, model, camT)

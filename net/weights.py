@@ -64,18 +64,20 @@ def _torch_load(path: str) -> object:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``path``: plain, or wrapped under one of :data:`STATE_DICT_KEYS`.
-
-    A leading ``module.`` (from ``nn.DataParallel``) is stripped from every key.
-    """
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """Load a checkpoint file as it was saved (UserError when missing or unreadable)."""
     path = str(path)
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
-        obj = _torch_load(path)
+        return _torch_load(path)
     except Exception as e:  # any unreadable file is the user's input error
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def state_dict_of(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded checkpoint: plain, or wrapped under one of
+    :data:`STATE_DICT_KEYS`; a leading ``module.`` (``nn.DataParallel``) is stripped."""
     if isinstance(obj, dict):
         for key in STATE_DICT_KEYS:
             if isinstance(obj.get(key), dict):
@@ -85,6 +87,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} does not hold a state dict (a dict of tensors, possibly under "
                         f"one of {', '.join(STATE_DICT_KEYS)})")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the state dict of the checkpoint file ``path`` (see :func:`state_dict_of`)."""
+    return state_dict_of(read_checkpoint(path), path)
 
 
 def fill_bn_counters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -148,16 +155,17 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike | None, n
     return report
 
 
-def load_cam_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True
-                     ) -> LoadReport:
+def load_cam_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
+                     checkpoint: object | None = None) -> LoadReport:
     """Load whole-model weights (e.g. a CAMNet) from ``path``.
 
     Accepts our training checkpoints ({'model': state, 'optimizer': ...}), released-style dicts
     ({'model_state_dict': state, ...}) and plain state dicts. With ``strict`` any missing or
-    unexpected key is a UserError; shape mismatches always are.
+    unexpected key is a UserError; shape mismatches always are. ``checkpoint``: the file's
+    content when the caller has read it already (``path`` then only names it in messages).
     """
     path = str(path)
-    state = read_state_dict(path)
+    state = read_state_dict(path) if checkpoint is None else state_dict_of(checkpoint, path)
     report = compare_keys(model, state, path)
     problems = [f"shape mismatch {_first(report.mismatched)}"] if report.mismatched else []
     if strict:

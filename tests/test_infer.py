@@ -108,3 +108,12 @@ def test_sharded_inference_union_is_single_process(tiny_config, trained, tmp_pat
         counts.append(_infer(tiny_config, trained, tmp_path / "sharded"))
     assert counts == [2, 2]
     assert _tree_bytes(tmp_path / "single") == _tree_bytes(tmp_path / "sharded")
+
+
+def test_plain_state_dict_weights_use_config_camT(tiny_config, trained, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(infer, "run", lambda args, model, camT: seen.append(camT) or 0)
+    plain = tmp_path / "plain.pth"
+    torch.save(torch.load(trained, weights_only=False)["model"], plain)
+    _infer(tiny_config, plain, tmp_path / "a")
+    assert seen == [0.30]  # configs/base.yaml's camT: a plain state dict carries none
