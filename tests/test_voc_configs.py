@@ -39,7 +39,7 @@ def test_config_runs_one_full_iteration(name, toy_voc):
     batch = next(iter(epoch_loader(train_ds, args, 0)))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.wt_dec)
     ep = args.emd_start  # every loss of the schedule is active
-    rng, gen = epoch_generators(0, ep, device)
+    rng, gen = epoch_generators(0, ep)
     before = model.fc.weight.detach().clone()
     losses = train_step(model, opt, batch, StepContext(args, ep, args.camT, rng, gen), device)
     for key in ("loss_cls", "loss_er", "loss_mixseg", "loss_dice", "loss_iou", "loss_sc",

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> dict:
             for k, v in over.items():
                 setattr(cfg, k, v)
             ep = 0 if start is None else getattr(cfg, start)
-            rng, gen = epoch_generators(0, ep, device)
+            rng, gen = epoch_generators(0, ep)
             ctx = StepContext(cfg, ep, cfg.camT, rng, gen, pool)
             train_step(model, opt, batches[0], ctx, device)  # warm-up
             t0 = time.perf_counter()

@@ -18,13 +18,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU, with one-line errors for missing or broken files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
+    from net.weights import read_checkpoint
+
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} does not hold a dict")
     return ckpt

@@ -39,8 +39,7 @@ def seed_everything(seed: int, epoch: int = 0) -> None:
     torch.manual_seed(s)
 
 
-def epoch_generators(seed: int, epoch: int, device: torch.device
-                     ) -> tuple[np.random.Generator, torch.Generator]:
+def epoch_generators(seed: int, epoch: int) -> tuple[np.random.Generator, torch.Generator]:
     """Explicit generators for the training step's own draws (decision D6)."""
     rng = np.random.default_rng([seed, epoch, 1])
     g = torch.Generator(device="cpu")

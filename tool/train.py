@@ -103,7 +103,7 @@ def run(args: Namespace) -> dict:
         for ep in range(state["epoch"] + 1, args.max_epoches):
             t0 = time.time()
             seed_everything(args.seed, ep)
-            rng, gen = epoch_generators(args.seed, ep, device)
+            rng, gen = epoch_generators(args.seed, ep)
             ctx = StepContext(args, ep, state["camT"], rng, gen, pool)
             lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
             means = train_epoch(model, opt, epoch_loader(train_ds, args, ep), ctx, device)
