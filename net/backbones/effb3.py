@@ -22,7 +22,7 @@ from efficientnet_pytorch import EfficientNet, get_model_params
 from efficientnet_pytorch.utils import Conv2dStaticSamePadding
 from torch import nn
 
-from net.backbones.resnet import FixedBatchNorm2d
+from net.backbones.resnet import fix_batchnorm
 from net.weights import LoadReport, load_backbone_weights
 
 NAME = "effb3"
@@ -48,17 +48,6 @@ def set_static_padding(model: nn.Module, size: int) -> None:
         if isinstance(m, Conv2dStaticSamePadding):
             pad = same_padding(m.kernel_size[0], m.stride[0], m.dilation[0], size)
             m.static_padding = nn.ZeroPad2d(pad * 2) if any(pad) else nn.Identity()
-
-
-def fix_batchnorm(module: nn.Module) -> None:
-    """Replace every ``nn.BatchNorm2d`` below ``module`` by a FixedBatchNorm2d with its state."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            fixed = FixedBatchNorm2d(child.num_features, child.eps, child.momentum)
-            fixed.load_state_dict(child.state_dict())
-            setattr(module, name, fixed)
-        else:
-            fix_batchnorm(child)
 
 
 class EfficientNetB3Backbone(nn.Module):
