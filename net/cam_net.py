@@ -6,6 +6,7 @@ by a feature affinity built from the fused low/mid/deep taps.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -57,6 +58,7 @@ class CAMNet(nn.Module):
         c1, c3, c5, c7 = self.backbone.tap_channels
         self.fc = nn.Linear(c7, num_classes, bias=False)
         self.fuse = nn.Conv2d(c1 + c3 + c5, FUSE_CHANNELS, kernel_size=1, bias=True)
+        self.amp_dtype: torch.dtype | None = None  # autocast dtype of the backbone (--amp)
 
     def forward(self, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, ...]:
         """x: (N, 3, H, W). Returns, by ``mode`` (SPEC 2.5):
@@ -70,14 +72,24 @@ class CAMNet(nn.Module):
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        p1, p3, p5, p7 = self.backbone(x)
-        if mode == "logits":
-            return self.classify(p7)
-        cam = self.cam(p7)
-        fused = self.fusion_features((p1, p3, p5), cam.shape[-2:])
-        sgc = pcm(cam.detach() if mode == "cam" else cam, self.fuse(fused))
-        outs = (_resize(cam, x.shape[-2:]), _resize(sgc, x.shape[-2:]))
-        return outs + self.classify(p7) if mode == "cam" else outs
+        with self._backbone_precision(x.device.type):
+            taps = self.backbone(x)
+        # The head (CAM, PCM affinity and its normalisation, resizing) always runs in float32.
+        with torch.autocast(x.device.type, enabled=False):
+            p1, p3, p5, p7 = (t.float() for t in taps)
+            if mode == "logits":
+                return self.classify(p7)
+            cam = self.cam(p7)
+            fused = self.fusion_features((p1, p3, p5), cam.shape[-2:])
+            sgc = pcm(cam.detach() if mode == "cam" else cam, self.fuse(fused))
+            outs = (_resize(cam, x.shape[-2:]), _resize(sgc, x.shape[-2:]))
+            return outs + self.classify(p7) if mode == "cam" else outs
+
+    def _backbone_precision(self, device_type: str) -> contextlib.AbstractContextManager:
+        """Mixed precision (``amp_dtype``) covers the backbone, where the FLOPs are."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.amp_dtype)
 
     def classify(self, p7: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """p7 (N, c7, h, w) -> (emb (N, c7) = GAP(p7), logits (N, num_classes))."""

@@ -1,4 +1,5 @@
-"""Run-time plumbing shared by the entry points: device choice, seeding, logging."""
+"""Run-time plumbing shared by the entry points: device and precision choice, seeding,
+logging."""
 from __future__ import annotations
 
 import logging
@@ -27,31 +28,60 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def seed_everything(seed: int, epoch: int = 0) -> None:
-    """Seed Python, numpy and torch from (seed, epoch).
+def _key(key: list[int], rank: int) -> list[int]:
+    """Seed key of one random stream on one rank. Rank 0 keeps the single-process key, so a
+    plain ``python train_mcl.py`` draws what it always drew; other ranks append their rank."""
+    return key + [rank] if rank else key
+
+
+def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
+    """Seed Python, numpy and torch from (seed, epoch, rank).
 
     Re-seeding at every epoch start makes a resumed run draw exactly what an uninterrupted
     one draws, without replaying the random streams of earlier epochs.
     """
-    s = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    s = int(np.random.SeedSequence(_key([seed, epoch], rank)).generate_state(1)[0])
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
 
 
-def epoch_generators(seed: int, epoch: int) -> tuple[np.random.Generator, torch.Generator]:
-    """Explicit generators for the training step's own draws (decision D6)."""
-    rng = np.random.default_rng([seed, epoch, 1])
+def epoch_generators(seed: int, epoch: int, rank: int = 0
+                     ) -> tuple[np.random.Generator, torch.Generator]:
+    """Explicit generators for the training step's own draws (decision D6), one pair per rank
+    so the processes of a DDP run draw different angles, placements and partners."""
+    rng = np.random.default_rng(_key([seed, epoch, 1], rank))
     g = torch.Generator(device="cpu")
-    g.manual_seed(int(np.random.SeedSequence([seed, epoch, 2]).generate_state(1)[0]))
+    g.manual_seed(int(np.random.SeedSequence(_key([seed, epoch, 2], rank)).generate_state(1)[0]))
     return rng, g
 
 
-def setup_logging(logfile: str | Path | None = None) -> None:
-    """Log to stderr and, when given, to ``logfile`` (appended)."""
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(enabled: bool, name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp`` (None = float32 throughout).
+
+    ``auto`` is bfloat16 on CPU and on GPUs that support it (no loss scaling needed), float16
+    on older GPUs.
+    """
+    if not enabled:
+        return None
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if device.type != "cuda" or cuda_bf16 else torch.float16
+    if name not in AMP_DTYPES:
+        raise UserError(f"--amp_dtype {name!r}: expected auto, bf16 or fp16")
+    return AMP_DTYPES[name]
+
+
+def setup_logging(logfile: str | Path | None = None, quiet: bool = False) -> None:
+    """Log to stderr and, when given, to ``logfile`` (appended). ``quiet`` (the non-zero
+    ranks of a DDP run) keeps warnings and errors only."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile is not None:
         Path(logfile).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(logfile))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S", handlers=handlers, force=True)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
