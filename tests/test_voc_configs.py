@@ -13,7 +13,7 @@ from tool.config import CONFIG_DIR, parse_config_args
 from tool.errors import UserError
 from tool.runtime import epoch_generators
 from tool.train import build_loaders, build_model, epoch_loader
-from tool.train_step import StepContext, train_step
+from tool.train_step import StepContext, TrainLosses, train_step
 
 CONFIGS = ["voc12_effb3.yaml", "voc12_resnet50.yaml", "voc12_resnet38.yaml"]
 
@@ -41,7 +41,8 @@ def test_config_runs_one_full_iteration(name, toy_voc):
     ep = args.emd_start  # every loss of the schedule is active
     rng, gen = epoch_generators(0, ep)
     before = model.fc.weight.detach().clone()
-    losses = train_step(model, opt, batch, StepContext(args, ep, args.camT, rng, gen), device)
+    losses = train_step(TrainLosses(model), opt, batch, StepContext(args, ep, args.camT, rng, gen),
+                        device)
     for key in ("loss_cls", "loss_er", "loss_mixseg", "loss_dice", "loss_iou", "loss_sc",
                 "loss_pixpro", "loss_emd"):
         assert key in losses and math.isfinite(losses[key]), key

@@ -1,13 +1,20 @@
-"""Process-group facts from the environment ``torchrun`` sets (RANK, WORLD_SIZE, LOCAL_RANK).
+"""Process groups for ``torchrun`` (RANK, WORLD_SIZE and LOCAL_RANK in the environment).
 
-Without torchrun these are rank 0 of 1, so every caller also works as a plain single process.
+Without torchrun every helper here sees rank 0 of 1 and does nothing, so the same code is the
+plain single-process program. Training joins a process group (NCCL on CUDA, Gloo on CPU) and
+wraps the model in DistributedDataParallel; inference only shards its image list.
 """
 from __future__ import annotations
 
 import os
 from typing import TypeVar
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+
+from tool.errors import UserError
 
 T = TypeVar("T")
 
@@ -15,6 +22,11 @@ T = TypeVar("T")
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) outside torchrun."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes logs, metrics, checkpoints and pictures."""
+    return rank_world()[0] == 0
 
 
 def shard(items: list[T]) -> list[T]:
@@ -32,3 +44,85 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join torchrun's process group: NCCL on CUDA, Gloo on CPU. False when not launched
+    by torchrun with more than one process (nothing to join)."""
+    if rank_world()[1] == 1:
+        return False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written the checkpoint)."""
+    if _active():
+        dist.barrier()
+
+
+def all_reduce_sum(values: np.ndarray, device: torch.device) -> np.ndarray:
+    """Element-wise sum of ``values`` over the ranks (the array itself outside torchrun).
+
+    Integers stay integers, so summed confusion counts are exact. ``device`` is this rank's
+    device: NCCL reduces CUDA tensors only.
+    """
+    if not _active():
+        return values
+    t = torch.from_numpy(np.ascontiguousarray(values)).to(device)
+    dist.all_reduce(t)
+    return t.cpu().numpy()
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BN running statistics), so all ranks evaluate the
+    very model rank 0 saves."""
+    if _active():
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
+    """``module`` in DistributedDataParallel under torchrun; ``module`` itself otherwise.
+
+    ``find_unused_parameters``: the view step leaves ``fc`` unused (its weight enters the CAM
+    detached), and DDP must then leave its gradient at None, as a single process does.
+    """
+    if not _active():
+        return module
+    if sync_bn:
+        if device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA devices (SyncBatchNorm runs on NCCL only); "
+                            "drop the flag for Gloo/CPU runs")
+        module = sync_batchnorm(module)
+    return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+
+
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Trainable ``nn.BatchNorm2d`` layers -> ``SyncBatchNorm`` with the same state.
+
+    Unlike ``SyncBatchNorm.convert_sync_batchnorm`` this leaves frozen BN subclasses (which
+    always use running statistics) alone.
+    """
+    from net.backbones.resnet import replace_modules
+
+    def convert(bn: nn.BatchNorm2d) -> nn.Module:
+        sync = nn.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine,
+                                bn.track_running_stats)
+        sync.load_state_dict(bn.state_dict())
+        return sync.to(bn.weight.device if bn.affine else bn.running_mean.device)
+
+    replace_modules(module, nn.BatchNorm2d, convert)
+    return module

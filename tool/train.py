@@ -1,5 +1,10 @@
 """Stage 1 training (SPEC 5): epochs of ``train_step``, per-epoch validation, the LR schedule
-on the best mIoU, ``camT`` following the best threshold, checkpoints and ``metrics.csv``."""
+on the best mIoU, ``camT`` following the best threshold, checkpoints and ``metrics.csv``.
+
+Under ``torchrun --nproc_per_node N`` the same loop runs in N processes: DDP averages the
+gradients, a DistributedSampler splits each epoch, the ranks split the validation list and sum
+their confusion counts, and rank 0 alone writes logs, metrics and checkpoints.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from data.datasets import MultiScaleDataset, TrainDataset, collate_train
@@ -18,11 +23,23 @@ from net.cam_net import CAMNet
 from net.weights import load_cam_weights
 from tool.checkpoint import load_checkpoint, rng_states, save_checkpoint
 from tool.crf import CRFPool
+from tool.dist import (
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+    is_main,
+    local_device,
+    rank_world,
+    shard,
+    wrap_ddp,
+)
 from tool.errors import UserError
 from tool.evaluation import parse_t_range
 from tool.metrics import LOSS_COLUMNS, write_metrics
-from tool.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
-from tool.train_step import StepContext, train_step
+from tool.runtime import amp_dtype, epoch_generators, resolve_device, seed_everything, setup_logging
+from tool.train_step import StepContext, TrainLosses, train_step
 from tool.validate import validate
 
 log = logging.getLogger("plmix")
@@ -49,6 +66,7 @@ def build_model(args: Namespace, device: torch.device) -> CAMNet:
     model = CAMNet(args.backbone, num_classes=21, backbone_weights=args.backbone_weights, **kw)
     if args.weights:
         load_cam_weights(model, args.weights)
+    model.amp_dtype = amp_dtype(args.amp, args.amp_dtype, torch.device(device))
     return model.to(device)
 
 
@@ -60,107 +78,145 @@ def build_loaders(args: Namespace) -> tuple[TrainDataset, MultiScaleDataset]:
         resize_long=tuple(args.resize_long), view_min_side=args.view_min_side,
         seed=args.seed, jitter=tuple(args.jitter),
         with_views=args.pixpro_start < args.max_epoches)
-    val_ds = MultiScaleDataset(load_img_name_list(args.val_list), args.voc12_root, cls_labels,
-                               scales=args.val_scales)
+    # each rank validates its share of the list; the confusion counts are summed afterwards
+    val_ds = MultiScaleDataset(shard(load_img_name_list(args.val_list)), args.voc12_root,
+                               cls_labels, scales=args.val_scales)
     return train_ds, val_ds
 
 
 def epoch_loader(ds: TrainDataset, args: Namespace, epoch: int) -> DataLoader:
-    """Shuffle order from (seed, epoch): a resumed run sees the same order."""
+    """Shuffle order from (seed, epoch): a resumed run sees the same order. Under torchrun a
+    DistributedSampler gives each rank its own share (``--batch_size`` is per process)."""
     ds.set_epoch(epoch)
-    g = torch.Generator()
-    g.manual_seed(int(np.random.SeedSequence([args.seed, epoch, 0]).generate_state(1)[0]))
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                      num_workers=args.num_workers, generator=g, collate_fn=collate_train,
-                      pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+    rank, world = rank_world()
+    if world > 1:
+        sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=args.seed)
+        sampler.set_epoch(epoch)
+        order = {"sampler": sampler}
+    else:
+        g = torch.Generator()
+        g.manual_seed(int(np.random.SeedSequence([args.seed, epoch, 0]).generate_state(1)[0]))
+        order = {"shuffle": True, "generator": g}
+    return DataLoader(ds, batch_size=args.batch_size, drop_last=True,
+                      num_workers=args.num_workers, collate_fn=collate_train,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False, **order)
 
 
 def run(args: Namespace) -> dict:
-    """Train; returns the final state summary (best mIoU, camT, run folder)."""
+    """Train (in every process of a torchrun launch); returns the final state summary."""
     check_weights_given(args)
+    device = local_device(resolve_device(args.device))
+    init_distributed(device)
+    try:
+        return _train(args, device)
+    finally:
+        cleanup_distributed()
+
+
+def _train(args: Namespace, device: torch.device) -> dict:
     out = Path(args.session_name)
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out / "train.log")
-    device = resolve_device(args.device)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out / "train.log" if is_main() else None, quiet=not is_main())
     train_ds, val_ds = build_loaders(args)
-    if len(train_ds) < args.batch_size:
-        raise UserError(f"--batch_size {args.batch_size} exceeds the {len(train_ds)} images "
-                        f"of {args.train_list}")
+    check_batch_size(args, len(train_ds))
     seed_everything(args.seed)  # the same initial weights for a fresh run and a resumed one
-    model = build_model(args, device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.wt_dec)
+    net = build_model(args, device)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.wt_dec)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=args.lr_factor, patience=0, min_lr=args.min_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=net.amp_dtype == torch.float16)
     state = {"epoch": -1, "camT": args.camT, "best_miou": args.MaxmIou, "history": []}
-    if args.resume:
-        state = resume(args, model, opt, sched)
-    log.info("device %s, %d train / %d val images, epochs %d..%d, run folder %s", device,
-             len(train_ds), len(val_ds), state["epoch"] + 1, args.max_epoches - 1, out)
+    if args.resume:  # every rank reads the same checkpoint
+        state = resume(args, net, opt, sched, scaler)
+    model = wrap_ddp(TrainLosses(net), device, args.sync_bn)
+    rank, world = rank_world()
+    log.info("device %s x %d process(es), %d train / %d val images, epochs %d..%d, run folder %s",
+             device, world, len(train_ds), len(val_ds) * world, state["epoch"] + 1,
+             args.max_epoches - 1, out)
     thresholds = parse_t_range(args.val_t_range)
     val_loader = DataLoader(val_ds, batch_size=None, num_workers=args.num_workers)
     with CRFPool(args.crf_workers if args.crf and args.plmix else 0) as pool:
         for ep in range(state["epoch"] + 1, args.max_epoches):
             t0 = time.time()
-            seed_everything(args.seed, ep)
-            rng, gen = epoch_generators(args.seed, ep)
-            ctx = StepContext(args, ep, state["camT"], rng, gen, pool)
+            seed_everything(args.seed, ep, rank)
+            ctx = StepContext(args, ep, state["camT"], *epoch_generators(args.seed, ep, rank),
+                              pool, scaler)
             lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
             means = train_epoch(model, opt, epoch_loader(train_ds, args, ep), ctx, device)
-            val = validate(model, val_loader, args.gt, thresholds, device)
-            sched.step(val.best_miou)
+            broadcast_buffers(net)  # validate (and save) rank 0's BN statistics on every rank
+            val = validate(net, val_loader, args.gt, thresholds, device, progress=is_main())
+            sched.step(val.best_miou)  # the same summed counts, so the same step on every rank
             row = {"epoch": ep, "lr": lr, **means,
                    "camT": state["camT"], "best_t": val.best_t, "miou": val.best_miou,
                    "seconds": round(time.time() - t0, 1)}
             state.update(epoch=ep, camT=val.best_t, history=state["history"] + [row])
             log.info("epoch %d: mIoU %.2f%% at t=%.2f (lr %.2e, %.0f s)", ep, val.best_miou,
                      val.best_t, lr, row["seconds"])
-            end_of_epoch(out, args, model, opt, sched, state, val.best_miou)
+            end_of_epoch(out, args, net, opt, sched, scaler, state, val.best_miou)
     return {"best_miou": state["best_miou"], "camT": state["camT"], "session": str(out)}
+
+
+def check_batch_size(args: Namespace, n_train: int) -> None:
+    world = rank_world()[1]
+    per_process = -(-n_train // world)  # DistributedSampler pads to equal shares
+    if per_process < args.batch_size:
+        where = f" per process ({world} processes)" if world > 1 else ""
+        raise UserError(f"--batch_size {args.batch_size} exceeds the {per_process} images"
+                        f"{where} of {args.train_list}")
 
 
 def train_epoch(model, opt, loader: DataLoader, ctx: StepContext,
                 device: torch.device) -> dict[str, float]:
-    """Run one epoch; returns the epoch mean of every loss column (0 when inactive)."""
-    sums = dict.fromkeys(LOSS_COLUMNS, 0.0)
-    bar = tqdm(loader, desc=f"epoch {ctx.epoch}", leave=False)
+    """Run one epoch; returns the epoch mean of every loss column (0 when inactive), averaged
+    over the ranks of a DDP run."""
+    sums = np.zeros(len(LOSS_COLUMNS))
+    bar = tqdm(loader, desc=f"epoch {ctx.epoch}", leave=False, disable=not is_main())
     n = 0
     for it, batch in enumerate(bar):
         losses = train_step(model, opt, batch, ctx, device)
-        for k, v in losses.items():
-            sums[k] += v
+        sums += [losses.get(k, 0.0) for k in LOSS_COLUMNS]
         n += 1
         bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in losses.items()})
         if (it + 1) % ctx.args.log_every == 0:
             log.info("epoch %d iter %d: %s", ctx.epoch, it + 1,
                      " ".join(f"{k}={v:.4f}" for k, v in losses.items()))
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    means = all_reduce_sum(sums / max(n, 1), device) / rank_world()[1]
+    return {k: float(v) for k, v in zip(LOSS_COLUMNS, means)}
 
 
-def end_of_epoch(out: Path, args: Namespace, model, opt, sched, state: dict,
+def end_of_epoch(out: Path, args: Namespace, net, opt, sched, scaler, state: dict,
                  miou: float) -> None:
-    """metrics.csv, last.ckpt, and best.ckpt when the mIoU beats the best so far (> floor)."""
+    """Rank 0 writes metrics.csv, last.ckpt, and best.ckpt when the mIoU beats the best so far
+    (> floor); the other ranks wait until the files are complete."""
     is_best = miou > state["best_miou"]
     if is_best:
         state["best_miou"] = miou
-    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "epoch": state["epoch"], "camT": state["camT"],
-            "best_miou": state["best_miou"], "history": state["history"],
-            "rng": rng_states(), "config": args.config_dict}
-    write_metrics(out / "metrics.csv", state["history"])
-    save_checkpoint(out / "last.ckpt", ckpt)
-    if is_best:
-        save_checkpoint(out / "best.ckpt", ckpt)
-        log.info("new best mIoU %.2f%%: saved %s", miou, out / "best.ckpt")
+    if is_main():
+        ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "epoch": state["epoch"], "camT": state["camT"],
+                "best_miou": state["best_miou"], "history": state["history"],
+                "rng": rng_states(), "config": args.config_dict}
+        if scaler.is_enabled():
+            ckpt["scaler"] = scaler.state_dict()
+        write_metrics(out / "metrics.csv", state["history"])
+        save_checkpoint(out / "last.ckpt", ckpt)
+        log.info("saved %s (epoch %d)", out / "last.ckpt", state["epoch"])
+        if is_best:
+            save_checkpoint(out / "best.ckpt", ckpt)
+            log.info("new best mIoU %.2f%%: saved %s", miou, out / "best.ckpt")
+    barrier()
 
 
-def resume(args: Namespace, model, opt, sched) -> dict:
+def resume(args: Namespace, net, opt, sched, scaler) -> dict:
     path = Path(args.resume if isinstance(args.resume, str) else
                 Path(args.session_name) / "last.ckpt")
     ckpt = load_checkpoint(path)
-    model.load_state_dict(ckpt["model"])
+    net.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
+    if scaler.is_enabled() and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     log.info("resumed from %s at the end of epoch %d (camT %.2f)", path, ckpt["epoch"],
              ckpt["camT"])
     return {k: ckpt[k] for k in ("epoch", "camT", "best_miou", "history")}

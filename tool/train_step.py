@@ -1,5 +1,10 @@
 """One training iteration (SPEC 5.4): the MCL losses, the PL-Mix branch (5.5) and the second
-optimizer step with the view losses. Which parts run is decided by the epoch and the config."""
+optimizer step with the view losses. Which parts run is decided by the epoch and the config.
+
+Each optimizer step is one forward of ``TrainLosses`` (which runs every network pass that step
+needs) and one backward: the contract DistributedDataParallel needs. Under DDP the partner
+permutation and the image-level contrast stay within each process's batch.
+"""
 from __future__ import annotations
 
 from argparse import Namespace
@@ -8,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tool import losses as L
 from tool import plmix
@@ -24,6 +30,7 @@ class StepContext:
     rng: np.random.Generator          # numpy draws: EMD crops, scale-and-place, angles
     gen: torch.Generator              # torch draws: partner permutation
     crf_pool: object | None = None    # tool.crf pool shared across iterations
+    scaler: torch.amp.GradScaler | None = None  # float16 loss scaling (--amp with fp16)
     losses: dict[str, float] = field(default_factory=dict)
 
     def active(self, start_key: str) -> bool:
@@ -34,23 +41,53 @@ class StepContext:
         return value
 
 
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict,
+class TrainLosses(nn.Module):
+    """The CAM network with the loss of each optimizer step as its forward.
+
+    ``forward("main", ...)`` is the step-1 loss (main pass, and the partner and mix passes of
+    PL-Mix); ``forward("views", ...)`` the step-2 loss (the two view passes). Wrap this module,
+    not the network, in DistributedDataParallel.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, step: str, batch: dict, ctx: StepContext,
+                device: torch.device) -> torch.Tensor:
+        label = batch["label"].to(device, non_blocking=True)
+        if step == "main":
+            img = batch["img"].to(device, non_blocking=True)
+            return main_losses(self.net, img, label, ctx)
+        if step == "views":
+            return view_losses(self.net, batch, label, ctx, device)
+        raise ValueError(f"unknown step {step!r}; expected 'main' or 'views'")
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict,
                ctx: StepContext, device: torch.device) -> dict[str, float]:
-    """Run one iteration and return the loss values it computed (name -> float)."""
+    """Run one iteration and return the loss values it computed (name -> float).
+
+    model: a ``TrainLosses``, or one wrapped in DistributedDataParallel.
+    """
     ctx.losses = {}
     model.train()
-    img = batch["img"].to(device, non_blocking=True)
-    label = batch["label"].to(device, non_blocking=True)
-    loss = main_losses(model, img, label, ctx)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    if ctx.active("pixpro_start"):
-        loss2 = view_losses(model, batch, label, ctx, device)
-        opt.zero_grad(set_to_none=True)
-        loss2.backward()
-        opt.step()  # second Adam step on the same state (quirk Q13)
+    _optimizer_step(opt, model("main", batch, ctx, device), ctx.scaler)
+    if ctx.active("pixpro_start"):  # second Adam step on the same state (quirk Q13)
+        _optimizer_step(opt, model("views", batch, ctx, device), ctx.scaler)
     return ctx.losses
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor,
+                    scaler: torch.amp.GradScaler | None) -> None:
+    opt.zero_grad(set_to_none=True)
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
 def main_losses(model, img: torch.Tensor, label: torch.Tensor, ctx: StepContext) -> torch.Tensor:

@@ -1,5 +1,9 @@
 """Per-epoch validation (SPEC 5.6 steps 2-3): SGC at the validation scales + flip, summed,
-min-max normalised, scored in memory at every threshold of the sweep in one pass."""
+min-max normalised, scored in memory at every threshold of the sweep in one pass.
+
+Under torchrun each rank scores its share of the list and the integer confusion counts are
+summed over the ranks, so every rank gets exactly the single-process mIoU and threshold.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from data.voc import load_mask
+from tool.dist import all_reduce_sum
 from tool.evaluation import confusion_npy, miou_from_confusion
 from tool.msf import msf_cams, present_dict
 
@@ -54,6 +59,8 @@ def validation_confusion(model: torch.nn.Module, loader, gt_dir: str | Path,
 
 def validate(model: torch.nn.Module, loader, gt_dir: str | Path, thresholds: np.ndarray,
              device: torch.device, progress: bool = True) -> ValResult:
-    conf = validation_confusion(model, loader, gt_dir, thresholds, device, progress)
+    """Score ``loader`` (this rank's share of the list) at every threshold, over all ranks."""
+    conf = all_reduce_sum(validation_confusion(model, loader, gt_dir, thresholds, device,
+                                               progress), device)
     miou = np.array([miou_from_confusion(c) for c in conf])
     return ValResult(np.asarray(thresholds), miou, conf)
