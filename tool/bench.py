@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -38,6 +41,33 @@ def ensure_toy_voc(root: str | Path, seed: int = 0) -> Path | None:
     if subprocess.run(cmd).returncode != 0:
         raise UserError(f"could not generate the toy VOC data set in {root}")
     return root
+
+
+def torchrun_workers(module: str, nproc: int, argv: list[str]) -> list[dict]:
+    """Run ``module`` as ``nproc`` torchrun processes on this machine, each with its share of
+    the cores; returns each rank's result (see ``worker_main``), by rank."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(nproc), "-m", module, "--worker_out", out, *argv]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+        if subprocess.run(cmd, env=env).returncode != 0:
+            raise UserError(f"the {nproc}-process benchmark run of {module} failed (see above)")
+        return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def worker_main(measure: Callable[[list[str]], dict]) -> None:
+    """Entry point of one torchrun benchmark process: ``measure(flags)`` and write its result
+    to ``<--worker_out>/rank<R>.json``."""
+    from tool.dist import cleanup_distributed, rank_world
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--worker_out", required=True)
+    known, rest = p.parse_known_args()
+    try:
+        res = measure(rest)
+    finally:
+        cleanup_distributed()
+    save_text(Path(known.worker_out) / f"rank{rank_world()[0]}.json", json.dumps(res))
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
