@@ -8,11 +8,16 @@ cd "$(dirname "$0")"
 CONFIG=configs/toy.yaml          # configs/voc12_effb3.yaml for the released VOC run
 CRF=False                        # True: CRF-refined label PNGs (pseudo labels for segmentation)
 PY=${PY:-.venv/bin/python}
+NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per GPU); 1 = plain
 
+RUN=("$PY")                      # torchrun when NPROC > 1 (README: Scaling)
+if [ "$NPROC" -gt 1 ]; then
+    RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+fi
 eval "$("$PY" -m tool.config --config "$CONFIG" --get session_name infer_list gt)"
 OUT=$SESSION_NAME/infer
 
-"$PY" infer_cam.py --config "$CONFIG" --weights "$SESSION_NAME/best.ckpt" \
+"${RUN[@]}" infer_cam.py --config "$CONFIG" --weights "$SESSION_NAME/best.ckpt" \
     --out_npy "$OUT/npy_sgc" --out_cam_npy "$OUT/npy_cam" --out_png "$OUT/png" \
     --out_vis "$OUT/vis" --crf "$CRF" "$@"
 "$PY" eval_cam.py --list "$INFER_LIST" --predict_dir "$OUT/npy_sgc" --gt_dir "$GT" \

@@ -9,9 +9,14 @@ CONFIG=configs/toy.yaml          # configs/voc12_effb3.yaml | voc12_resnet50.yam
 BACKBONE_WEIGHTS=None            # VOC: the local ImageNet checkpoint named in README
 DEVICE=auto
 PY=${PY:-.venv/bin/python}
+NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per GPU); 1 = plain
 
+RUN=("$PY")                      # torchrun when NPROC > 1 (README: Scaling)
+if [ "$NPROC" -gt 1 ]; then
+    RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+fi
 eval "$("$PY" -m tool.config --config "$CONFIG" --get voc12_root)"
 case "$CONFIG" in *toy*) [ -d "$VOC12_ROOT" ] || "$PY" -m data.toy_voc --out "$VOC12_ROOT" --seed 0;; esac
 
-"$PY" train_mcl.py --config "$CONFIG" --backbone_weights "$BACKBONE_WEIGHTS" --device "$DEVICE" \
+"${RUN[@]}" train_mcl.py --config "$CONFIG" --backbone_weights "$BACKBONE_WEIGHTS" --device "$DEVICE" \
     --crf True --mix_loss focal --Random_order True "$@"
