@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml")
     from net.weights import load_cam_weights, read_checkpoint
     from tool import infer
-    from tool.train import build_model
+    from tool.build import build_model
 
     if not args.weights:
         raise UserError("--weights is required: the trained checkpoint (e.g. runs/demo/best.ckpt)")

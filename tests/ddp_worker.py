@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_mcl  # noqa: E402
 from data.datasets import collate_train  # noqa: E402
+from tool.build import build_loaders, build_model, epoch_loader  # noqa: E402
 from tool.config import parse_config_args  # noqa: E402
 from tool.dist import cleanup_distributed, init_distributed, rank_world, wrap_ddp  # noqa: E402
 from tool.evaluation import parse_t_range  # noqa: E402
 from tool.runtime import epoch_generators, seed_everything  # noqa: E402
-from tool.train import build_loaders, build_model, epoch_loader  # noqa: E402
 from tool.train_step import StepContext, TrainLosses, train_step  # noqa: E402
 from tool.validate import validate  # noqa: E402
 

@@ -118,7 +118,7 @@ def test_distributed_validation_equals_single_process(tiny_config, toy_voc, chec
     worker("validate", tiny_config, tmp_path / "d", *extra)
     got = np.load(tmp_path / "d" / "val.npz")
     args = ddp_worker.parse(str(tiny_config), extra)
-    from tool.train import build_loaders, build_model
+    from tool.build import build_loaders, build_model
 
     loader = torch.utils.data.DataLoader(build_loaders(args)[1], batch_size=None)
     want = validate(build_model(args, "cpu"), loader, args.gt, parse_t_range(args.val_t_range),

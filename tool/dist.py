@@ -86,6 +86,15 @@ def all_reduce_sum(values: np.ndarray, device: torch.device) -> np.ndarray:
     return t.cpu().numpy()
 
 
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (e.g. a checkpoint only rank 0's machine holds)."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_buffers(module: nn.Module) -> None:
     """Give every rank rank 0's buffers (BN running statistics), so all ranks evaluate the
     very model rank 0 saves."""

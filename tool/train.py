@@ -14,92 +14,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.datasets import MultiScaleDataset, TrainDataset, collate_train
-from data.voc import load_cls_labels, load_img_name_list
-from net.cam_net import CAMNet
-from net.weights import load_cam_weights
+from tool.build import (
+    build_loaders,
+    build_model,
+    check_batch_size,
+    check_weights_given,
+    epoch_loader,
+)
 from tool.checkpoint import load_checkpoint, rng_states, save_checkpoint
 from tool.crf import CRFPool
 from tool.dist import (
     all_reduce_sum,
     barrier,
     broadcast_buffers,
+    broadcast_object,
     cleanup_distributed,
     init_distributed,
     is_main,
     local_device,
     rank_world,
-    shard,
     wrap_ddp,
 )
-from tool.errors import UserError
 from tool.evaluation import parse_t_range
 from tool.metrics import LOSS_COLUMNS, write_metrics
-from tool.runtime import amp_dtype, epoch_generators, resolve_device, seed_everything, setup_logging
+from tool.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
 from tool.train_step import StepContext, TrainLosses, train_step
 from tool.validate import validate
 
 log = logging.getLogger("plmix")
-
-
-def check_weights_given(args: Namespace) -> None:
-    """Fail at once, naming the file to get, when the config trains from ImageNet weights."""
-    from net.backbones import weights_hint
-    from net.weights import no_weights
-
-    if args.imagenet_required and no_weights(args.backbone_weights) and no_weights(args.weights):
-        raise UserError(f"backbone {args.backbone} trains from ImageNet weights: pass "
-                        f"--backbone_weights PATH to a local copy of {weights_hint(args.backbone)}"
-                        " (or --imagenet_required False to train from scratch)")
-
-
-def build_model(args: Namespace, device: torch.device) -> CAMNet:
-    """The CAM network of the config, with ImageNet weights and/or CAM-net weights."""
-    kw = {"trainable_bn": args.trainable_bn}
-    if args.backbone_strides:
-        kw["strides"] = tuple(args.backbone_strides)
-    if args.backbone_width != 1.0:
-        kw["width"] = args.backbone_width
-    model = CAMNet(args.backbone, num_classes=21, backbone_weights=args.backbone_weights, **kw)
-    if args.weights:
-        load_cam_weights(model, args.weights)
-    model.amp_dtype = amp_dtype(args.amp, args.amp_dtype, torch.device(device))
-    return model.to(device)
-
-
-def build_loaders(args: Namespace) -> tuple[TrainDataset, MultiScaleDataset]:
-    cls_labels = load_cls_labels(args.cls_labels)
-    train_ds = TrainDataset(
-        load_img_name_list(args.train_list), args.voc12_root, cls_labels,
-        crop_size=args.crop_size, view_size=args.view_size,
-        resize_long=tuple(args.resize_long), view_min_side=args.view_min_side,
-        seed=args.seed, jitter=tuple(args.jitter),
-        with_views=args.pixpro_start < args.max_epoches)
-    # each rank validates its share of the list; the confusion counts are summed afterwards
-    val_ds = MultiScaleDataset(shard(load_img_name_list(args.val_list)), args.voc12_root,
-                               cls_labels, scales=args.val_scales)
-    return train_ds, val_ds
-
-
-def epoch_loader(ds: TrainDataset, args: Namespace, epoch: int) -> DataLoader:
-    """Shuffle order from (seed, epoch): a resumed run sees the same order. Under torchrun a
-    DistributedSampler gives each rank its own share (``--batch_size`` is per process)."""
-    ds.set_epoch(epoch)
-    rank, world = rank_world()
-    if world > 1:
-        sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=args.seed)
-        sampler.set_epoch(epoch)
-        order = {"sampler": sampler}
-    else:
-        g = torch.Generator()
-        g.manual_seed(int(np.random.SeedSequence([args.seed, epoch, 0]).generate_state(1)[0]))
-        order = {"shuffle": True, "generator": g}
-    return DataLoader(ds, batch_size=args.batch_size, drop_last=True,
-                      num_workers=args.num_workers, collate_fn=collate_train,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False, **order)
 
 
 def run(args: Namespace) -> dict:
@@ -127,7 +72,7 @@ def _train(args: Namespace, device: torch.device) -> dict:
         opt, mode="max", factor=args.lr_factor, patience=0, min_lr=args.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=net.amp_dtype == torch.float16)
     state = {"epoch": -1, "camT": args.camT, "best_miou": args.MaxmIou, "history": []}
-    if args.resume:  # every rank reads the same checkpoint
+    if args.resume:  # every rank continues from the same checkpoint
         state = resume(args, net, opt, sched, scaler)
     model = wrap_ddp(TrainLosses(net), device, args.sync_bn)
     rank, world = rank_world()
@@ -155,15 +100,6 @@ def _train(args: Namespace, device: torch.device) -> dict:
                      val.best_t, lr, row["seconds"])
             end_of_epoch(out, args, net, opt, sched, scaler, state, val.best_miou)
     return {"best_miou": state["best_miou"], "camT": state["camT"], "session": str(out)}
-
-
-def check_batch_size(args: Namespace, n_train: int) -> None:
-    world = rank_world()[1]
-    per_process = -(-n_train // world)  # DistributedSampler pads to equal shares
-    if per_process < args.batch_size:
-        where = f" per process ({world} processes)" if world > 1 else ""
-        raise UserError(f"--batch_size {args.batch_size} exceeds the {per_process} images"
-                        f"{where} of {args.train_list}")
 
 
 def train_epoch(model, opt, loader: DataLoader, ctx: StepContext,
@@ -211,7 +147,8 @@ def end_of_epoch(out: Path, args: Namespace, net, opt, sched, scaler, state: dic
 def resume(args: Namespace, net, opt, sched, scaler) -> dict:
     path = Path(args.resume if isinstance(args.resume, str) else
                 Path(args.session_name) / "last.ckpt")
-    ckpt = load_checkpoint(path)
+    # rank 0 reads it and sends it on: other machines need no copy of the run folder
+    ckpt = broadcast_object(load_checkpoint(path) if is_main() else None)
     net.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])

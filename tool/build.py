@@ -1,0 +1,83 @@
+"""What a training run is made of: the CAM network of the config, the data sets, and the
+per-epoch loader (a DistributedSampler under torchrun, so ``--batch_size`` is per process)."""
+from __future__ import annotations
+
+from argparse import Namespace
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from data.datasets import MultiScaleDataset, TrainDataset, collate_train
+from data.voc import load_cls_labels, load_img_name_list
+from net.cam_net import CAMNet
+from net.weights import load_cam_weights
+from tool.dist import rank_world, shard
+from tool.errors import UserError
+from tool.runtime import amp_dtype
+
+
+def check_weights_given(args: Namespace) -> None:
+    """Fail at once, naming the file to get, when the config trains from ImageNet weights."""
+    from net.backbones import weights_hint
+    from net.weights import no_weights
+
+    if args.imagenet_required and no_weights(args.backbone_weights) and no_weights(args.weights):
+        raise UserError(f"backbone {args.backbone} trains from ImageNet weights: pass "
+                        f"--backbone_weights PATH to a local copy of {weights_hint(args.backbone)}"
+                        " (or --imagenet_required False to train from scratch)")
+
+
+def build_model(args: Namespace, device: torch.device) -> CAMNet:
+    """The CAM network of the config, with ImageNet weights and/or CAM-net weights."""
+    kw = {"trainable_bn": args.trainable_bn}
+    if args.backbone_strides:
+        kw["strides"] = tuple(args.backbone_strides)
+    if args.backbone_width != 1.0:
+        kw["width"] = args.backbone_width
+    model = CAMNet(args.backbone, num_classes=21, backbone_weights=args.backbone_weights, **kw)
+    if args.weights:
+        load_cam_weights(model, args.weights)
+    model.amp_dtype = amp_dtype(args.amp, args.amp_dtype, torch.device(device))
+    return model.to(device)
+
+
+def build_loaders(args: Namespace) -> tuple[TrainDataset, MultiScaleDataset]:
+    cls_labels = load_cls_labels(args.cls_labels)
+    train_ds = TrainDataset(
+        load_img_name_list(args.train_list), args.voc12_root, cls_labels,
+        crop_size=args.crop_size, view_size=args.view_size,
+        resize_long=tuple(args.resize_long), view_min_side=args.view_min_side,
+        seed=args.seed, jitter=tuple(args.jitter),
+        with_views=args.pixpro_start < args.max_epoches)
+    # each rank validates its share of the list; the confusion counts are summed afterwards
+    val_ds = MultiScaleDataset(shard(load_img_name_list(args.val_list)), args.voc12_root,
+                               cls_labels, scales=args.val_scales)
+    return train_ds, val_ds
+
+
+def epoch_loader(ds: TrainDataset, args: Namespace, epoch: int) -> DataLoader:
+    """Shuffle order from (seed, epoch): a resumed run sees the same order. Under torchrun a
+    DistributedSampler gives each rank its own share (``--batch_size`` is per process)."""
+    ds.set_epoch(epoch)
+    rank, world = rank_world()
+    if world > 1:
+        sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=args.seed)
+        sampler.set_epoch(epoch)
+        order = {"sampler": sampler}
+    else:
+        g = torch.Generator()
+        g.manual_seed(int(np.random.SeedSequence([args.seed, epoch, 0]).generate_state(1)[0]))
+        order = {"shuffle": True, "generator": g}
+    return DataLoader(ds, batch_size=args.batch_size, drop_last=True,
+                      num_workers=args.num_workers, collate_fn=collate_train,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False, **order)
+
+
+def check_batch_size(args: Namespace, n_train: int) -> None:
+    world = rank_world()[1]
+    per_process = -(-n_train // world)  # DistributedSampler pads to equal shares
+    if per_process < args.batch_size:
+        where = f" per process ({world} processes)" if world > 1 else ""
+        raise UserError(f"--batch_size {args.batch_size} exceeds the {per_process} images"
+                        f"{where} of {args.train_list}")
