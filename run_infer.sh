@@ -10,10 +10,7 @@ CRF=False                        # True: CRF-refined label PNGs (pseudo labels f
 PY=${PY:-.venv/bin/python}
 NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per GPU); 1 = plain
 
-RUN=("$PY")                      # torchrun when NPROC > 1 (README: Scaling)
-if [ "$NPROC" -gt 1 ]; then
-    RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
-fi
+source tool/launcher.sh          # RUN: "$PY", or torchrun when NPROC > 1
 eval "$("$PY" -m tool.config --config "$CONFIG" --get session_name infer_list gt)"
 OUT=$SESSION_NAME/infer
 

@@ -11,10 +11,7 @@ DEVICE=auto
 PY=${PY:-.venv/bin/python}
 NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per GPU); 1 = plain
 
-RUN=("$PY")                      # torchrun when NPROC > 1 (README: Scaling)
-if [ "$NPROC" -gt 1 ]; then
-    RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
-fi
+source tool/launcher.sh          # RUN: "$PY", or torchrun when NPROC > 1
 eval "$("$PY" -m tool.config --config "$CONFIG" --get voc12_root)"
 case "$CONFIG" in *toy*) [ -d "$VOC12_ROOT" ] || "$PY" -m data.toy_voc --out "$VOC12_ROOT" --seed 0;; esac
 

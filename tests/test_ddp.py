@@ -186,3 +186,17 @@ def test_wrap_ddp_in_a_process_group_and_sync_bn_on_cpu_error():
             wrap_ddp(net, torch.device("cpu"), sync_bn=True)
     finally:
         cleanup_distributed()
+
+
+def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
+    from tool import bench
+
+    res = bench.main(["--only", "train,infer", "--voc12_root", str(toy_voc),
+                      "--train_config", str(tiny_config), "--train_iters", "1",
+                      "--infer_config", str(tiny_config)])
+    for phase in ("main pass (MCL)", "+ EMD (full step)"):
+        assert res["train"][phase]["images_per_s"] > 0
+        assert res["train"][phase]["images_per_s_2procs"] > 0
+    assert res["infer"]["images_per_s_2procs"] > 0
+    out = capsys.readouterr().out
+    assert "images/s x2" in out and "2 processes (sharded)" in out

@@ -55,19 +55,22 @@ def torchrun_workers(module: str, nproc: int, argv: list[str]) -> list[dict]:
         return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
-def worker_main(measure: Callable[[list[str]], dict]) -> None:
-    """Entry point of one torchrun benchmark process: ``measure(flags)`` and write its result
-    to ``<--worker_out>/rank<R>.json``."""
+def worker_main(add_args: Callable[[argparse._ArgumentGroup], None],
+                measure: Callable[[argparse.Namespace], dict]) -> None:
+    """Entry point of one torchrun benchmark process: parse the section's flags, ``measure``,
+    and write the result to ``<--worker_out>/rank<R>.json``."""
     from tool.dist import cleanup_distributed, rank_world
 
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser()
     p.add_argument("--worker_out", required=True)
-    known, rest = p.parse_known_args()
+    p.add_argument("--voc12_root", required=True)
+    add_args(p.add_argument_group("section"))
+    args = p.parse_args()
     try:
-        res = measure(rest)
+        res = measure(args)
     finally:
         cleanup_distributed()
-    save_text(Path(known.worker_out) / f"rank{rank_world()[0]}.json", json.dumps(res))
+    save_text(Path(args.worker_out) / f"rank{rank_world()[0]}.json", json.dumps(res))
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:

@@ -46,13 +46,5 @@ def run(args: argparse.Namespace) -> dict:
     return res
 
 
-def worker(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser()
-    p.add_argument("--voc12_root", required=True)
-    add_args(p)
-    a = p.parse_args(argv)
-    return measure(a.infer_config, a.voc12_root)
-
-
 if __name__ == "__main__":
-    worker_main(worker)
+    worker_main(add_args, lambda a: measure(a.infer_config, a.voc12_root))
