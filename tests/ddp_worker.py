@@ -1,7 +1,7 @@
 """Worker of the DDP tests, which launch it with
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py \
-        TASK CONFIG OUT [--flag value ...]
+    PYTHONPATH=<repository root> python -m torch.distributed.run --standalone \
+        --nproc_per_node 2 tests/ddp_worker.py TASK CONFIG OUT [--flag value ...]
 
 TASK ``steps``: a few DDP iterations through every schedule phase, each rank on its own share
 of the data; every rank saves its parameters and losses to OUT/rank<R>.pt.
@@ -17,17 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import train_mcl  # noqa: E402
-from data.datasets import collate_train  # noqa: E402
-from tool.build import build_loaders, build_model, epoch_loader  # noqa: E402
-from tool.config import parse_config_args  # noqa: E402
-from tool.dist import cleanup_distributed, init_distributed, rank_world, wrap_ddp  # noqa: E402
-from tool.evaluation import parse_t_range  # noqa: E402
-from tool.runtime import epoch_generators, seed_everything  # noqa: E402
-from tool.train_step import StepContext, TrainLosses, train_step  # noqa: E402
-from tool.validate import validate  # noqa: E402
+import train_mcl
+from data.datasets import collate_train
+from tool.build import build_loaders, build_model, epoch_loader
+from tool.config import parse_config_args
+from tool.dist import cleanup_distributed, init_distributed, rank_world, wrap_ddp
+from tool.evaluation import parse_t_range
+from tool.runtime import epoch_generators, seed_everything
+from tool.train_step import StepContext, TrainLosses, train_step
+from tool.validate import validate
 
 EPOCHS = (0, 1)  # tiny config: epoch 0 = MCL + IMC + mix branch; epoch 1 adds aug, views, EMD
 

@@ -200,3 +200,17 @@ def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
     assert res["infer"]["images_per_s_2procs"] > 0
     out = capsys.readouterr().out
     assert "images/s x2" in out and "2 processes (sharded)" in out
+
+
+def test_batch_size_is_checked_per_process(monkeypatch):
+    from argparse import Namespace
+
+    from tool.build import check_batch_size
+    from tool.errors import UserError
+
+    args = Namespace(batch_size=4, train_list="train_aug.txt")
+    check_batch_size(args, 7)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"exceeds the 4 images per process \(2 processes\)"):
+        check_batch_size(Namespace(batch_size=5, train_list="train_aug.txt"), 7)
+    check_batch_size(args, 7)  # 7 images: shares of 4 (padded) and 4

@@ -76,9 +76,9 @@ def _train(args: Namespace, device: torch.device) -> dict:
         state = resume(args, net, opt, sched, scaler)
     model = wrap_ddp(TrainLosses(net), device, args.sync_bn)
     rank, world = rank_world()
-    log.info("device %s x %d process(es), %d train / %d val images, epochs %d..%d, run folder %s",
-             device, world, len(train_ds), len(val_ds) * world, state["epoch"] + 1,
-             args.max_epoches - 1, out)
+    log.info("device %s x %d process(es), %d train images, %d val images%s, epochs %d..%d, "
+             "run folder %s", device, world, len(train_ds), len(val_ds),
+             " per process" if world > 1 else "", state["epoch"] + 1, args.max_epoches - 1, out)
     thresholds = parse_t_range(args.val_t_range)
     val_loader = DataLoader(val_ds, batch_size=None, num_workers=args.num_workers)
     with CRFPool(args.crf_workers if args.crf and args.plmix else 0) as pool:
