@@ -43,13 +43,15 @@ def ensure_toy_voc(root: str | Path, seed: int = 0) -> Path | None:
     return root
 
 
-def torchrun_workers(module: str, nproc: int, argv: list[str]) -> list[dict]:
-    """Run ``module`` as ``nproc`` torchrun processes on this machine, each with its share of
-    the cores; returns each rank's result (see ``worker_main``), by rank."""
+def torchrun_workers(module: str, nproc: int, argv: list[str], share: int | None = None
+                     ) -> list[dict]:
+    """Run ``module`` as ``nproc`` torchrun processes on this machine, each with a 1/``share``
+    share of the cores (default 1/nproc); returns each rank's result (see ``worker_main``)."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", str(nproc), "-m", module, "--worker_out", out, *argv]
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+        threads = max(1, (os.cpu_count() or 1) // (share or nproc))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         if subprocess.run(cmd, env=env).returncode != 0:
             raise UserError(f"the {nproc}-process benchmark run of {module} failed (see above)")
         return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(nproc)]

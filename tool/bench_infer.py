@@ -6,8 +6,6 @@ import argparse
 import tempfile
 import time
 
-import torch
-
 from tool.bench import print_table, torchrun_workers, worker_main
 
 
@@ -30,18 +28,21 @@ def measure(config: str, voc12_root: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    single = measure(args.infer_config, args.voc12_root)
-    rows = [["1 process", single["images"], single["seconds"],
-             single["images"] / single["seconds"]]]
-    res = {"images_per_s": rows[0][-1]}
-    if args.infer_procs > 1:
-        ranks = torchrun_workers("tool.bench_infer", args.infer_procs, [
-            "--infer_config", args.infer_config, "--voc12_root", args.voc12_root])
+    """images/s in one process on all cores, in one process on a 1/N share of the cores, and
+    sharded over N processes (the slowest rank's time; process start-up excluded)."""
+    procs = args.infer_procs
+    runs = {"1 process": [measure(args.infer_config, args.voc12_root)]}
+    if procs > 1:
+        flags = ["--infer_config", args.infer_config, "--voc12_root", args.voc12_root]
+        runs["1 process, 1/N cores"] = torchrun_workers("tool.bench_infer", 1, flags,
+                                                        share=procs)
+        runs[f"{procs} processes (sharded)"] = torchrun_workers("tool.bench_infer", procs, flags)
+    rows, res = [], {}
+    for name, ranks in runs.items():
         n, s = sum(r["images"] for r in ranks), max(r["seconds"] for r in ranks)
-        rows.append([f"{args.infer_procs} processes (sharded)", n, s, n / s])
-        res[f"images_per_s_{args.infer_procs}procs"] = n / s
-    print_table(f"inference, {args.infer_config} ({torch.get_num_threads()} threads in 1 "
-                "process; sharded: slowest rank, process start-up excluded)",
+        res[f"images_per_s ({name})"] = n / s
+        rows.append([name, n, s, n / s])
+    print_table(f"inference, {args.infer_config} (N = {procs})",
                 ["run", "images", "seconds", "images/s"], rows)
     return res
 

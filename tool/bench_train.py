@@ -73,29 +73,30 @@ def measure(config: str, voc12_root: str, iters: int, extra: list[str] | None = 
 
 
 def run(args: argparse.Namespace) -> dict:
-    single = measure(args.train_config, args.voc12_root, args.train_iters)
+    """images/s per phase: one process on all cores; one process on a 1/N share of the cores;
+    N DDP processes. The last two give DDP's parallel efficiency."""
     procs = args.train_procs
-    ddp = None
+    cols = {"1 process": measure(args.train_config, args.voc12_root, args.train_iters)}
     if procs > 1:  # each process gets its share of the cores, CRF included
-        ddp = torchrun_workers("tool.bench_train", procs, [
-            "--train_config", args.train_config, "--voc12_root", args.voc12_root,
-            "--train_iters", str(args.train_iters)])[0]
-    rows, res = [], {}
-    for label, s in single.items():
-        ips = s["batch"] / s["s_per_iter"]
-        res[label] = {"from_epoch": s["from_epoch"], "images_per_s": ips}
-        row = [label, s["from_epoch"], s["s_per_iter"], ips]
-        if ddp:
-            d = ddp[label]
-            res[label][f"images_per_s_{procs}procs"] = dips = procs * d["batch"] / d["s_per_iter"]
-            row += [d["s_per_iter"], dips, dips / ips]
-        rows.append(row)
-    header = ["phase", "from epoch", "s/iter", "images/s"]
-    if ddp:
-        header += [f"s/iter x{procs}", f"images/s x{procs}", "speed-up"]
-    print_table(f"training step, {args.train_config} (batch {single[label]['batch']} per "
-                f"process, {torch.get_num_threads()} threads in 1 process; x{procs}: torchrun "
-                f"DDP, {procs} processes)", header, rows)
+        flags = ["--train_config", args.train_config, "--voc12_root", args.voc12_root,
+                 "--train_iters", str(args.train_iters)]
+        cols["1 process, 1/N cores"] = torchrun_workers("tool.bench_train", 1, flags,
+                                                        share=procs)[0]
+        cols[f"{procs} processes"] = torchrun_workers("tool.bench_train", procs, flags)[0]
+    world = {"1 process": 1, "1 process, 1/N cores": 1, f"{procs} processes": procs}
+    res = {label: {"from_epoch": ph["from_epoch"]} for label, ph in cols["1 process"].items()}
+    rows = []
+    for label in res:
+        ips = [world[c] * col[label]["batch"] / col[label]["s_per_iter"] for c, col in cols.items()]
+        res[label].update({f"images_per_s ({c})": v for c, v in zip(cols, ips)})
+        extra = [ips[2] / ips[0], ips[2] / (procs * ips[1])] if len(ips) == 3 else []
+        rows.append([label, res[label]["from_epoch"], *ips, *extra])
+    header = ["phase", "from epoch", *(f"{c} img/s" for c in cols)]
+    if len(cols) == 3:
+        header += ["speed-up", "DDP efficiency"]
+    batch = next(iter(cols["1 process"].values()))["batch"]
+    print_table(f"training step, {args.train_config} (batch {batch} per process, "
+                f"N = {procs}, torchrun DDP over Gloo/NCCL)", header, rows)
     return res
 
 
