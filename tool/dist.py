@@ -81,7 +81,7 @@ def all_reduce_sum(values: np.ndarray, device: torch.device) -> np.ndarray:
     """
     if not _active():
         return values
-    t = torch.from_numpy(np.ascontiguousarray(values)).to(device)
+    t = torch.tensor(values, device=device)  # a copy: ``values`` itself stays this rank's
     dist.all_reduce(t)
     return t.cpu().numpy()
 
