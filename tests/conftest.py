@@ -66,3 +66,13 @@ def tiny_config(toy_voc, tmp_path):
     p = tmp_path / "tiny.yaml"
     p.write_text(TINY.format(base=BASE_CONFIG, out=tmp_path, voc=toy_voc))
     return p
+
+
+@pytest.fixture
+def trained(tiny_config, tmp_path):
+    """A checkpoint of one MCL-only epoch on the tiny set: last.ckpt in the real format."""
+    import train_mcl
+
+    train_mcl.main(["--config", str(tiny_config), "--session_name", str(tmp_path / "run"),
+                    "--max_epoches", "1", "--plmix", "False"])
+    return tmp_path / "run" / "last.ckpt"

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import train_mcl
 from tests import ddp_worker
+from tests.utils import rows_without_time, tree_bytes
 from tool.checkpoint import load_checkpoint
 from tool.evaluation import parse_t_range
-from tool.metrics import read_metrics
 from tool.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,10 +75,6 @@ def _kill_workers(agent: subprocess.Popen) -> None:
     agent.wait(timeout=120)
 
 
-def _rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(path)]
-
-
 def test_killed_ddp_run_resumes_exactly(tiny_config, tmp_path):
     flags = ["train_mcl.py", "--config", tiny_config, "--max_epoches", "6"]
     torchrun(*flags, "--session_name", tmp_path / "straight")
@@ -97,24 +92,18 @@ def test_killed_ddp_run_resumes_exactly(tiny_config, tmp_path):
     a, b = load_checkpoint(tmp_path / "straight" / "last.ckpt"), load_checkpoint(run / "last.ckpt")
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    assert _rows(tmp_path / "straight" / "metrics.csv") == _rows(run / "metrics.csv")
+    straight = rows_without_time(tmp_path / "straight" / "metrics.csv")
+    assert straight == rows_without_time(run / "metrics.csv")
     log = (tmp_path / "straight" / "train.log").read_text()
     assert log.count("last.ckpt (epoch 0)") == 1  # rank 0 alone logs and saves
 
 
-@pytest.fixture
-def checkpoint(tiny_config, tmp_path):
-    train_mcl.main(["--config", str(tiny_config), "--session_name", str(tmp_path / "run"),
-                    "--max_epoches", "1", "--plmix", "False"])
-    return tmp_path / "run" / "last.ckpt"
-
-
-def test_distributed_validation_equals_single_process(tiny_config, toy_voc, checkpoint,
+def test_distributed_validation_equals_single_process(tiny_config, toy_voc, trained,
                                                       tmp_path):
     names = (toy_voc / "ImageSets/Segmentation/train_aug.txt").read_text().split()[:11]
     val_list = tmp_path / "val11.txt"  # 11 images: shards of 6 and 5
     val_list.write_text("\n".join(names) + "\n")
-    extra = ["--weights", str(checkpoint), "--val_list", str(val_list)]
+    extra = ["--weights", str(trained), "--val_list", str(val_list)]
     worker("validate", tiny_config, tmp_path / "d", *extra)
     got = np.load(tmp_path / "d" / "val.npz")
     args = ddp_worker.parse(str(tiny_config), extra)
@@ -128,19 +117,14 @@ def test_distributed_validation_equals_single_process(tiny_config, toy_voc, chec
     assert np.array_equal(got["miou"], want.miou) and want.best_miou > 0
 
 
-def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
-
-
-def test_torchrun_sharded_inference_is_byte_identical(tiny_config, checkpoint, tmp_path):
+def test_torchrun_sharded_inference_is_byte_identical(tiny_config, trained, tmp_path):
     def cmd(out: Path) -> list:
-        return ["infer_cam.py", "--config", tiny_config, "--weights", checkpoint,
+        return ["infer_cam.py", "--config", tiny_config, "--weights", trained,
                 "--out_npy", out / "npy", "--out_png", out / "png", "--crf", "False"]
 
     run(sys.executable, *cmd(tmp_path / "single"))
     torchrun(*cmd(tmp_path / "sharded"))
-    single, sharded = _tree_bytes(tmp_path / "single"), _tree_bytes(tmp_path / "sharded")
+    single, sharded = tree_bytes(tmp_path / "single"), tree_bytes(tmp_path / "sharded")
     assert len(single) == 8 and single == sharded
 
 

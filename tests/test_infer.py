@@ -9,16 +9,9 @@ import torch
 from PIL import Image
 
 import infer_cam
-import train_mcl
 from data.voc import load_cls_labels, load_img_name_list
+from tests.utils import tree_bytes
 from tool import fileio, infer
-
-
-@pytest.fixture
-def trained(tiny_config, tmp_path):
-    train_mcl.main(["--config", str(tiny_config), "--session_name", str(tmp_path / "run"),
-                    "--max_epoches", "1", "--plmix", "False"])
-    return tmp_path / "run" / "last.ckpt"
 
 
 def _infer(cfg, weights, out: Path, *extra):
@@ -46,11 +39,6 @@ def test_npy_format_present_classes_only(tiny_config, trained, toy_voc, tmp_path
         assert present <= {int(k) + 1 for k in np.nonzero(labels[name])[0]}
 
 
-def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
-
-
 def test_killed_run_resumes_to_identical_files(tiny_config, trained, tmp_path, monkeypatch):
     _infer(tiny_config, trained, tmp_path / "whole")
     real_save, calls = fileio.save_npy_dict, {"n": 0}
@@ -68,7 +56,7 @@ def test_killed_run_resumes_to_identical_files(tiny_config, trained, tmp_path, m
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "killed").rglob("*"))
     written = _infer(tiny_config, trained, tmp_path / "killed")
     assert 0 < written < 4  # the finished images were skipped
-    assert _tree_bytes(tmp_path / "whole") == _tree_bytes(tmp_path / "killed")
+    assert tree_bytes(tmp_path / "whole") == tree_bytes(tmp_path / "killed")
     assert _infer(tiny_config, trained, tmp_path / "killed") == 0
 
 
@@ -107,7 +95,7 @@ def test_sharded_inference_union_is_single_process(tiny_config, trained, tmp_pat
         monkeypatch.setenv("WORLD_SIZE", "2")
         counts.append(_infer(tiny_config, trained, tmp_path / "sharded"))
     assert counts == [2, 2]
-    assert _tree_bytes(tmp_path / "single") == _tree_bytes(tmp_path / "sharded")
+    assert tree_bytes(tmp_path / "single") == tree_bytes(tmp_path / "sharded")
 
 
 def test_plain_state_dict_weights_use_config_camT(tiny_config, trained, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train_mcl
+from tests.utils import rows_without_time
 from tool.checkpoint import load_checkpoint
 from tool.errors import UserError
 from tool.metrics import LOSS_COLUMNS, read_metrics
@@ -20,10 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _train(cfg, *extra):
     return train_mcl.main(["--config", str(cfg), *extra])
-
-
-def _rows_without_time(path):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(path)]
 
 
 def test_two_epochs_straight_equals_one_plus_resume(tiny_config, tmp_path):
@@ -36,7 +33,7 @@ def test_two_epochs_straight_equals_one_plus_resume(tiny_config, tmp_path):
     assert a["epoch"] == b["epoch"] == 1
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    assert _rows_without_time(straight / "metrics.csv") == _rows_without_time(
+    assert rows_without_time(straight / "metrics.csv") == rows_without_time(
         resumed / "metrics.csv")
     rows = read_metrics(straight / "metrics.csv")
     # epoch 0: IMC + mix branch on; epoch 1 adds augmentation, PixPro and EMD

@@ -76,26 +76,24 @@ def run(args: argparse.Namespace) -> dict:
     """images/s per phase: one process on all cores; one process on a 1/N share of the cores;
     N DDP processes. The last two give DDP's parallel efficiency."""
     procs = args.train_procs
-    cols = {"1 process": measure(args.train_config, args.voc12_root, args.train_iters)}
+    cols = {"1 process": (1, measure(args.train_config, args.voc12_root, args.train_iters))}
     if procs > 1:  # each process gets its share of the cores, CRF included
         flags = ["--train_config", args.train_config, "--voc12_root", args.voc12_root,
                  "--train_iters", str(args.train_iters)]
-        cols["1 process, 1/N cores"] = torchrun_workers("tool.bench_train", 1, flags,
-                                                        share=procs)[0]
-        cols[f"{procs} processes"] = torchrun_workers("tool.bench_train", procs, flags)[0]
-    world = {"1 process": 1, "1 process, 1/N cores": 1, f"{procs} processes": procs}
-    res = {label: {"from_epoch": ph["from_epoch"]} for label, ph in cols["1 process"].items()}
-    rows = []
-    for label in res:
-        ips = [world[c] * col[label]["batch"] / col[label]["s_per_iter"] for c, col in cols.items()]
-        res[label].update({f"images_per_s ({c})": v for c, v in zip(cols, ips)})
+        cols["1 process, 1/N cores"] = (
+            1, torchrun_workers("tool.bench_train", 1, flags, share=procs)[0])
+        cols[f"{procs} processes"] = (procs, torchrun_workers("tool.bench_train", procs, flags)[0])
+    res, rows = {}, []
+    for label, first in cols["1 process"][1].items():
+        ips = [n * col[label]["batch"] / col[label]["s_per_iter"] for n, col in cols.values()]
+        res[label] = {"from_epoch": first["from_epoch"],
+                      **{f"images_per_s ({c})": v for c, v in zip(cols, ips)}}
         extra = [ips[2] / ips[0], ips[2] / (procs * ips[1])] if len(ips) == 3 else []
-        rows.append([label, res[label]["from_epoch"], *ips, *extra])
+        rows.append([label, first["from_epoch"], *ips, *extra])
     header = ["phase", "from epoch", *(f"{c} img/s" for c in cols)]
     if len(cols) == 3:
         header += ["speed-up", "DDP efficiency"]
-    batch = next(iter(cols["1 process"].values()))["batch"]
-    print_table(f"training step, {args.train_config} (batch {batch} per process, "
+    print_table(f"training step, {args.train_config} (batch {first['batch']} per process, "
                 f"N = {procs}, torchrun DDP over Gloo/NCCL)", header, rows)
     return res
 

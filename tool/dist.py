@@ -58,13 +58,13 @@ def init_distributed(device: torch.device) -> bool:
     return True
 
 
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def cleanup_distributed() -> None:
+    if _active():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -1,0 +1,17 @@
+"""Helpers shared by several test modules."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tool.metrics import read_metrics
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` (relative path -> contents), to compare output trees."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def rows_without_time(path: Path) -> list[dict[str, str]]:
+    """``metrics.csv`` rows without the wall-clock column, to compare runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(path)]
