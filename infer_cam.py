@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     from net.weights import load_cam_weights, read_checkpoint
     from tool import infer
     from tool.build import build_model
+    from tool.runtime import setup_logging
 
+    setup_logging()  # before loading: the log names the keys a released checkpoint ignores
     if not args.weights:
         raise UserError("--weights is required: the trained checkpoint (e.g. runs/demo/best.ckpt)")
     # the trained checkpoint holds every weight: no ImageNet file is needed here

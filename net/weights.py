@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 # Keys under which a checkpoint dict may hold the state dict, most specific first:
 # released PL-Mix dicts, our trainer's checkpoints, common third-party wrappers.
 STATE_DICT_KEYS = ("model_state_dict", "model", "state_dict")
+# Parts the released PL-Mix ``EfficientSeg`` (and MuSCLe's ``MuSCLe`` in 'enc' mode) build but
+# never use: the EfficientNet head and classifier, and the decoder classifier ``fuse_dec``.
+# Their checkpoints carry them; a whole-model load ignores exactly these (and names them).
+RELEASED_UNUSED = ("backbone._conv_head.", "backbone._bn1.", "backbone._fc.", "fuse_dec.")
 NO_WEIGHTS = (None, "", "none", "None", "null")
 _SHOW = 5  # keys named in one-line messages
 
@@ -159,13 +163,22 @@ def load_cam_weights(model: nn.Module, path: str | os.PathLike, strict: bool = T
                      checkpoint: object | None = None) -> LoadReport:
     """Load whole-model weights (e.g. a CAMNet) from ``path``.
 
-    Accepts our training checkpoints ({'model': state, 'optimizer': ...}), released-style dicts
-    ({'model_state_dict': state, ...}) and plain state dicts. With ``strict`` any missing or
-    unexpected key is a UserError; shape mismatches always are. ``checkpoint``: the file's
-    content when the caller has read it already (``path`` then only names it in messages).
+    Accepts our training checkpoints ({'model': state, 'optimizer': ...}), the released PL-Mix
+    dicts ({'model_state_dict': state, 'optimizer_state_dict': ..., 'iteration': ep}), MuSCLe's
+    ({'state_dict': state} or plain) and plain state dicts. Keys of the parts the released
+    network builds but never uses (:data:`RELEASED_UNUSED`) are dropped and logged. With
+    ``strict`` any other missing or unexpected key is a UserError; shape mismatches always
+    are. ``checkpoint``: the file's content when the caller has read it already (``path``
+    then only names it in messages).
     """
     path = str(path)
     state = read_state_dict(path) if checkpoint is None else state_dict_of(checkpoint, path)
+    own = model.state_dict()
+    ignored = [k for k in state if k not in own and k.startswith(RELEASED_UNUSED)]
+    if ignored:
+        logger.info("%s: ignored %d keys of parts the released network builds but never uses "
+                    "(%s)", path, len(ignored), _first(ignored))
+        state = {k: v for k, v in state.items() if k not in ignored}
     report = compare_keys(model, state, path)
     problems = [f"shape mismatch {_first(report.mismatched)}"] if report.mismatched else []
     if strict:
