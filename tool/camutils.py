@@ -45,10 +45,12 @@ def minmax_norm(maps: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 def color_denorm(imgs: torch.Tensor) -> np.ndarray:
     """Undo ImageNet normalisation: (N, 3, H, W) float -> np (N, 3, H, W) uint8.
 
-    Like the release, values are truncated, not clipped, on the cast (SPEC 3, color_denorm);
-    values outside [0, 255] therefore wrap as numpy's float->uint8 cast does.
+    As released (quirk Q30): ``img * std + mean`` in float64, times 255, truncated (not
+    clipped) on the cast; values outside [0, 255] wrap as numpy's float->uint8 cast does. In
+    float32, 320 of the 768 (channel, value) pairs of a normalised uint8 image come out one off,
+    which moves CRF pseudo-label pixels.
     """
-    mean = torch.tensor(IMAGENET_MEAN, device=imgs.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=imgs.device).view(1, 3, 1, 1)
-    x = ((imgs.detach().float() * std + mean) * 255).cpu().numpy()
-    return x.astype(np.int64).astype(np.uint8)
+    x = imgs.detach().cpu().numpy().astype(np.float64)
+    mean = np.asarray(IMAGENET_MEAN, np.float64).reshape(1, 3, 1, 1)
+    std = np.asarray(IMAGENET_STD, np.float64).reshape(1, 3, 1, 1)
+    return ((x * std + mean) * 255).astype(np.int64).astype(np.uint8)

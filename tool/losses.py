@@ -120,7 +120,7 @@ def image_level_contrast(emb: torch.Tensor, labels: torch.Tensor,
     """Image-level contrast (SPEC 4.5): emb (N, D), labels (N, K) -> scalar or None.
 
     For anchor i only j > i are looked at (Q19). Positives have identical labels, negatives
-    share no class (a pair that is both, two empty labels, counts as positive). An anchor
+    share no class (a pair that is both, two empty labels, counts as both, as released). An anchor
     contributes only with >= 1 positive, >= 1 negative and #neg > #pos; the sum is divided by N.
     The released code returns the float 0.0 and skips adding the loss when no anchor
     contributes; None is our equivalent.
@@ -132,7 +132,8 @@ def image_level_contrast(emb: torch.Tensor, labels: torch.Tensor,
     later = torch.ones(n, n, dtype=torch.bool, device=emb.device).triu(1)
     same = (lab[:, None, :] == lab[None, :, :]).all(dim=2)
     disjoint = ~(lab[:, None, :] & lab[None, :, :]).any(dim=2)
-    pos, neg = later & same, later & disjoint & ~same
+    # two empty labels are both identical and disjoint: the release counts such a pair twice
+    pos, neg = later & same, later & disjoint
     n_pos, n_neg = pos.sum(dim=1), neg.sum(dim=1)
     ok = (n_pos >= 1) & (n_neg >= 1) & (n_neg > n_pos)
     if not bool(ok.any()):
@@ -251,7 +252,8 @@ def _pair_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def emd_loss(u1: torch.Tensor, u2: torch.Tensor, coord1: torch.Tensor, coord2: torch.Tensor,
-             rng: np.random.Generator) -> torch.Tensor:
+             rng: np.random.Generator, *, eps: float = 0.1, iters: int = 10,
+             **crop_kw) -> torch.Tensor:
     """Dynamic-crop EMD loss (SPEC 4.7) -> scalar.
 
     u1: (N, C, H, W) channel-L2-normalised cam_softmaxnorm(SGC view 1), with grad;
@@ -259,10 +261,11 @@ def emd_loss(u1: torch.Tensor, u2: torch.Tensor, coord1: torch.Tensor, coord2: t
     Per valid sample, every (view-1 crop, view-2 quadrant) pair is scored at once under
     no_grad, the lowest score wins (first in row-major (crop, quadrant) order on ties), and
     that pair is re-scored with grad using the no-grad marginals. Mean over valid samples;
-    a zero that supports backward() when no sample is valid.
+    a zero that supports backward() when no sample is valid. ``eps``/``iters``: Sinkhorn;
+    ``crop_kw``: the crop constants of ``dynamic_crops`` (config keys ``emd_*``).
     """
     scores = []
-    for crops in dynamic_crops(u1, coord1, u2.detach(), coord2, rng):
+    for crops in dynamic_crops(u1, coord1, u2.detach(), coord2, rng, **crop_kw):
         if crops is None:
             continue
         x, y = crops[0].flatten(2), crops[1].flatten(2)  # (A, C, M), (B, C, Q)
@@ -270,10 +273,10 @@ def emd_loss(u1: torch.Tensor, u2: torch.Tensor, coord1: torch.Tensor, coord2: t
             xd = x.detach()
             mu = torch.einsum("acm,bc->abm", xd, y.mean(dim=2))
             nu = torch.einsum("bcq,ac->abq", y, xd.mean(dim=2))
-            best = int(sinkhorn_emd(_pair_cost(xd, y), mu, nu).argmin())
+            best = int(sinkhorn_emd(_pair_cost(xd, y), mu, nu, eps, iters).argmin())
         a, b = divmod(best, y.shape[0])
         cost = _pair_cost(x[a:a + 1], y[b:b + 1])[0, 0]
-        scores.append(sinkhorn_emd(cost, mu[a, b], nu[a, b]))
+        scores.append(sinkhorn_emd(cost, mu[a, b], nu[a, b], eps, iters))
     if not scores:
         return _zero_loss(u1)
     return torch.stack(scores).mean()

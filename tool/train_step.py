@@ -72,15 +72,18 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict,
     """
     ctx.losses = {}
     model.train()
-    _optimizer_step(opt, model("main", batch, ctx, device), ctx.scaler)
+    # Q29: the release (PyTorch 1.9) zeroed gradients instead of dropping them, so Adam also
+    # steps the parameters a loss does not reach (fc in the second step), on their momentum.
+    to_none = not ctx.args.zero_grad_released
+    _optimizer_step(opt, model("main", batch, ctx, device), ctx.scaler, to_none)
     if ctx.active("pixpro_start"):  # second Adam step on the same state (quirk Q13)
-        _optimizer_step(opt, model("views", batch, ctx, device), ctx.scaler)
+        _optimizer_step(opt, model("views", batch, ctx, device), ctx.scaler, to_none)
     return ctx.losses
 
 
 def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor,
-                    scaler: torch.amp.GradScaler | None) -> None:
-    opt.zero_grad(set_to_none=True)
+                    scaler: torch.amp.GradScaler | None, set_to_none: bool) -> None:
+    opt.zero_grad(set_to_none=set_to_none)
     if scaler is None or not scaler.is_enabled():
         loss.backward()
         opt.step()
@@ -143,7 +146,7 @@ def plmix_losses(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tenso
                                                            probs_as_logits=logits_q3))
     loss = loss + ctx.record("loss_iou", L.soft_iou_loss(P, mix_lbl, probs_as_logits=logits_q3))
     loss = loss + ctx.record("loss_sc", L.spatial_continuity_loss(
-        P, mixlabel, released_mask=a.sc_released_mask))
+        P, mixlabel, threshold=a.sc_threshold, released_mask=a.sc_released_mask))
     model.train()
     return loss
 
@@ -162,6 +165,7 @@ def make_pseudo_labels(images: torch.Tensor, maps: torch.Tensor, label_bg: torch
 def view_losses(model, batch: dict, label: torch.Tensor, ctx: StepContext,
                 device: torch.device) -> torch.Tensor:
     """Step-2 loss (SPEC 5.4 step 7): PixPro from its epoch, plus EMD from its epoch."""
+    a = ctx.args
     model.eval()  # quirk Q11
     v1 = batch["view1"].to(device, non_blocking=True).float()
     v2 = batch["view2"].to(device, non_blocking=True).float()
@@ -175,6 +179,9 @@ def view_losses(model, batch: dict, label: torch.Tensor, ctx: StepContext,
     if ctx.active("emd_start"):
         u1 = F.normalize(cam_softmaxnorm(sgc1), dim=1)
         u2 = F.normalize(cam_softmaxnorm(cam2), dim=1)
-        loss = loss + ctx.record("loss_emd", L.emd_loss(u1, u2, c1, c2, ctx.rng))
+        loss = loss + ctx.record("loss_emd", L.emd_loss(
+            u1, u2, c1, c2, ctx.rng, eps=a.emd_eps, iters=a.emd_iters,
+            min_size=a.emd_min_size, max_aspect=a.emd_max_aspect, min_out=a.emd_min_out,
+            pool_above=a.emd_pool_above, pool=a.emd_pool))
     model.train()
     return loss
