@@ -78,7 +78,7 @@ def main(task: str, config: str, out: str, *extra: str) -> None:
                            parse_t_range(args.val_t_range), torch.device("cpu"), progress=False)
             if rank == 0:
                 np.savez(Path(out) / "val.npz", confusion=val.confusion, miou=val.miou,
-                         n_local=len(val_ds))
+                         cls_map=val.cls_map, n_local=len(val_ds))
         else:
             raise SystemExit(f"unknown task {task}")
     finally:

@@ -115,6 +115,7 @@ def test_distributed_validation_equals_single_process(tiny_config, toy_voc, trai
     assert int(got["n_local"]) == 6
     assert np.array_equal(got["confusion"], want.confusion)
     assert np.array_equal(got["miou"], want.miou) and want.best_miou > 0
+    assert float(got["cls_map"]) == want.cls_map > 0  # score rows gathered in list order
 
 
 def test_torchrun_sharded_inference_is_byte_identical(tiny_config, trained, tmp_path):

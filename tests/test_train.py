@@ -113,10 +113,10 @@ def test_unknown_flag_and_config_key(tiny_config, tmp_path):
 def test_checkpoint_holds_d7_state(tiny_config, tmp_path):
     _train(tiny_config, "--session_name", str(tmp_path / "r"), "--max_epoches", "1")
     ck = load_checkpoint(tmp_path / "r" / "last.ckpt")
-    assert {"model", "optimizer", "scheduler", "epoch", "camT", "best_miou", "rng",
+    assert {"model", "optimizer", "scheduler", "epoch", "camT", "best_score", "rng",
             "config", "history"} <= set(ck)
     assert ck["config"]["train"]["max_epoches"] == 1
-    assert np.isfinite(ck["best_miou"])
+    assert np.isfinite(ck["best_score"]) and ck["selection"] == "val_miou"
 
 
 def test_missing_validation_mask(tiny_config, toy_voc, tmp_path):
@@ -127,3 +127,31 @@ def test_missing_validation_mask(tiny_config, toy_voc, tmp_path):
         _train(tiny_config, "--voc12_root", str(voc), "--session_name", str(tmp_path / "r"),
                "--max_epoches", "1")
     assert not (tmp_path / "r" / "last.ckpt").exists()
+
+
+def test_gt_free_protocol_reads_no_mask(tiny_config, toy_voc, tmp_path):
+    voc = _copy_voc(toy_voc, tmp_path)
+    shutil.rmtree(voc / "SegmentationClass")  # any read of a mask would fail
+    out = tmp_path / "r"
+    _train(tiny_config, "--voc12_root", str(voc), "--session_name", str(out),
+           "--select_with_gt", "False", "--camT", "0.25")
+    rows = read_metrics(out / "metrics.csv")
+    assert len(rows) == 2
+    for r in rows:  # camT stays as configured; no threshold or mIoU without masks
+        assert float(r["camT"]) == 0.25 and r["best_t"] == r["miou"] == ""
+        assert 0 < float(r["val_map"]) <= 100
+    last, best = load_checkpoint(out / "last.ckpt"), load_checkpoint(out / "best.ckpt")
+    assert last["camT"] == 0.25 and last["selection"] == "val_map"
+    top = max(float(r["val_map"]) for r in rows)  # best.ckpt follows the mAP
+    assert float(rows[best["epoch"]]["val_map"]) == top
+    assert best["best_score"] == pytest.approx(top, rel=1e-5)
+
+
+def test_mean_average_precision_by_hand():
+    from tool.validate import mean_average_precision
+
+    scores = np.array([[0.9, 0.1], [0.8, 0.4], [0.7, 0.3], [0.6, 0.2]])
+    labels = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])  # class 2 has no positive: left out
+    assert mean_average_precision(scores, labels) == pytest.approx(100 * (1 + 2 / 3) / 2)
+    labels[1, 1] = 1  # class 2: its one positive ranked first -> AP 1
+    assert mean_average_precision(scores, labels) == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)

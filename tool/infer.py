@@ -54,7 +54,7 @@ def infer_one(model, sample: dict, args: Namespace, camT: float, device: torch.d
     """Forward all passes of one image and write every requested output."""
     name, size = sample["name"], tuple(sample["size"])
     paths = output_paths(args, name)
-    cam, sgc = msf_cams(model, sample["img"], size, device)
+    cam, sgc, _ = msf_cams(model, sample["img"], size, device)
     sgc_d = present_dict(sgc, sample["label"])
     if "cam_npy" in paths:
         save_npy_dict(paths["cam_npy"], present_dict(cam, sample["label"]))

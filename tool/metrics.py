@@ -10,7 +10,9 @@ from tool.fileio import save_text
 # Epoch means of every loss term; 0 before the term's start epoch (SPEC 5.2).
 LOSS_COLUMNS = ("loss_cls", "loss_er", "loss_imc", "loss_mixseg", "loss_dice", "loss_iou",
                 "loss_sc", "loss_pixpro", "loss_emd")
-COLUMNS = ("epoch", "lr", *LOSS_COLUMNS, "camT", "best_t", "miou", "seconds")
+# camT: the threshold the epoch trained with; best_t, miou: the validation sweep's best
+# (empty under the GT-free protocol); val_map: image-level mAP on the validation list.
+COLUMNS = ("epoch", "lr", *LOSS_COLUMNS, "camT", "best_t", "miou", "val_map", "seconds")
 
 
 def write_metrics(path: str | Path, history: list[dict]) -> None:
@@ -29,4 +31,6 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
 
 
 def _fmt(v: object) -> str:
+    if v is None:
+        return ""
     return f"{v:.6g}" if isinstance(v, float) else str(v)

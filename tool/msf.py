@@ -1,7 +1,8 @@
 """Multi-scale + flip CAM forward shared by per-epoch validation and inference (SPEC 1.6, 6).
 
-Each scale's original and flipped pass run as one batch of two; the maps are resized to the
-original size with OpenCV's bilinear resize, un-flipped, stripped of channel 0 and summed.
+Each scale's original and flipped pass run as one batch of two; the maps are stripped of
+channel 0, resized to the original size with OpenCV's bilinear resize, un-flipped (after the
+resize, as released) and summed.
 """
 from __future__ import annotations
 
@@ -23,25 +24,43 @@ def _to_original(maps: torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(m.transpose(2, 0, 1))
 
 
+def _fg_probs(logits: torch.Tensor) -> np.ndarray:
+    """(P, 21) logits of P passes -> np (20,) mean foreground sigmoid score."""
+    return torch.sigmoid(logits[:, 1:].float()).mean(0).cpu().numpy()
+
+
+@torch.no_grad()
+def msf_scores(model: torch.nn.Module, passes: list[torch.Tensor],
+               device: torch.device) -> np.ndarray:
+    """Image-level class scores: the mean sigmoid of the foreground logits over ``passes``
+    (as for ``msf_cams``), from the classifier alone (no CAM). Returns np (20,)."""
+    logits = [model(torch.stack(passes[i:i + 2]).to(device, non_blocking=True), "logits")[1]
+              for i in range(0, len(passes), 2)]
+    return _fg_probs(torch.cat(logits))
+
+
 @torch.no_grad()
 def msf_cams(model: torch.nn.Module, passes: list[torch.Tensor], size_hw: tuple[int, int],
-             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+             device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sum the raw CAM and the SGC over ``passes`` = [s1, flip(s1), s2, flip(s2), ...].
 
-    passes: (3, h_s, w_s) tensors. Returns (cam_sum, sgc_sum), np (20, H, W) float32 each.
+    passes: (3, h_s, w_s) tensors. Returns (cam_sum, sgc_sum), np (20, H, W) float32 each,
+    and the image-level scores of ``msf_scores`` (20,) from the same forwards.
     """
     cam_sum = np.zeros((20, *size_hw), np.float32)
     sgc_sum = np.zeros((20, *size_hw), np.float32)
+    logits = []
     for i in range(0, len(passes), 2):
         x = torch.stack(passes[i:i + 2]).to(device, non_blocking=True)
-        cam, sgc = model(x, "cam")[:2]
+        cam, sgc, _, lg = model(x, "cam")
+        logits.append(lg)
         for j in range(x.shape[0]):
-            c, s = cam[j], sgc[j]
-            if j == 1:  # odd passes are flipped inputs: flip the maps back
-                c, s = c.flip(-1), s.flip(-1)
-            cam_sum += _to_original(c, size_hw)
-            sgc_sum += _to_original(s, size_hw)
-    return cam_sum, sgc_sum
+            c, s = _to_original(cam[j], size_hw), _to_original(sgc[j], size_hw)
+            if j == 1:  # odd passes are flipped inputs: resized first, then flipped back,
+                c, s = c[..., ::-1], s[..., ::-1]  # in the release's order (float rounding)
+            cam_sum += c
+            sgc_sum += s
+    return cam_sum, sgc_sum, _fg_probs(torch.cat(logits))
 
 
 def present_dict(maps: np.ndarray, label: np.ndarray) -> dict[int, np.ndarray]:

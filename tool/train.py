@@ -71,7 +71,9 @@ def _train(args: Namespace, device: torch.device) -> dict:
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=args.lr_factor, patience=0, min_lr=args.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=net.amp_dtype == torch.float16)
-    state = {"epoch": -1, "camT": args.camT, "best_miou": args.MaxmIou, "history": []}
+    # the released floor (MaxmIou) applies to the GT mIoU; the GT-free mAP starts from 0
+    state = {"epoch": -1, "camT": args.camT, "history": [],
+             "best_score": args.MaxmIou if args.select_with_gt else 0.0}
     if args.resume:  # every rank continues from the same checkpoint
         state = resume(args, net, opt, sched, scaler)
     model = wrap_ddp(TrainLosses(net), device, args.sync_bn)
@@ -90,16 +92,28 @@ def _train(args: Namespace, device: torch.device) -> dict:
             lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
             means = train_epoch(model, opt, epoch_loader(train_ds, args, ep), ctx, device)
             broadcast_buffers(net)  # validate (and save) rank 0's BN statistics on every rank
-            val = validate(net, val_loader, args.gt, thresholds, device, progress=is_main())
-            sched.step(val.best_miou)  # the same summed counts, so the same step on every rank
-            row = {"epoch": ep, "lr": lr, **means,
-                   "camT": state["camT"], "best_t": val.best_t, "miou": val.best_miou,
+            val = validate(net, val_loader, args.gt if args.select_with_gt else None,
+                           thresholds, device, progress=is_main())
+            score = selection_score(val, args.select_with_gt)
+            sched.step(score)  # the same summed counts, so the same step on every rank
+            row = {"epoch": ep, "lr": lr, **means, "camT": state["camT"],
+                   "best_t": val.best_t, "miou": val.best_miou, "val_map": val.cls_map,
                    "seconds": round(time.time() - t0, 1)}
-            state.update(epoch=ep, camT=val.best_t, history=state["history"] + [row])
-            log.info("epoch %d: mIoU %.2f%% at t=%.2f (lr %.2e, %.0f s)", ep, val.best_miou,
-                     val.best_t, lr, row["seconds"])
-            end_of_epoch(out, args, net, opt, sched, scaler, state, val.best_miou)
-    return {"best_miou": state["best_miou"], "camT": state["camT"], "session": str(out)}
+            # released protocol: the best validation threshold becomes the next epoch's camT
+            camT = val.best_t if args.select_with_gt else state["camT"]
+            state.update(epoch=ep, camT=camT, history=state["history"] + [row])
+            log.info("epoch %d: %s, val mAP %.2f%% (lr %.2e, %.0f s)", ep,
+                     "no GT read" if val.miou is None else
+                     f"mIoU {val.best_miou:.2f}% at t={val.best_t:.2f}", val.cls_map, lr,
+                     row["seconds"])
+            end_of_epoch(out, args, net, opt, sched, scaler, state, score)
+    return {"best_score": state["best_score"], "camT": state["camT"], "session": str(out)}
+
+
+def selection_score(val, with_gt: bool) -> float:
+    """What steps the LR plateau and picks best.ckpt: the best-threshold mIoU on the GT masks
+    (released protocol), or the image-level mAP, which needs image labels only (GT-free)."""
+    return val.best_miou if with_gt else val.cls_map
 
 
 def train_epoch(model, opt, loader: DataLoader, ctx: StepContext,
@@ -122,17 +136,18 @@ def train_epoch(model, opt, loader: DataLoader, ctx: StepContext,
 
 
 def end_of_epoch(out: Path, args: Namespace, net, opt, sched, scaler, state: dict,
-                 miou: float) -> None:
-    """Rank 0 writes metrics.csv, last.ckpt, and best.ckpt when the mIoU beats the best so far
-    (> floor); the other ranks wait until the files are complete."""
-    is_best = miou > state["best_miou"]
+                 score: float) -> None:
+    """Rank 0 writes metrics.csv, last.ckpt, and best.ckpt when the selection score beats the
+    best so far (> floor); the other ranks wait until the files are complete."""
+    is_best = score > state["best_score"]
     if is_best:
-        state["best_miou"] = miou
+        state["best_score"] = score
     if is_main():
         ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": state["epoch"], "camT": state["camT"],
-                "best_miou": state["best_miou"], "history": state["history"],
-                "rng": rng_states(), "config": args.config_dict}
+                "best_score": state["best_score"],
+                "selection": "val_miou" if args.select_with_gt else "val_map",
+                "history": state["history"], "rng": rng_states(), "config": args.config_dict}
         if scaler.is_enabled():
             ckpt["scaler"] = scaler.state_dict()
         write_metrics(out / "metrics.csv", state["history"])
@@ -140,7 +155,8 @@ def end_of_epoch(out: Path, args: Namespace, net, opt, sched, scaler, state: dic
         log.info("saved %s (epoch %d)", out / "last.ckpt", state["epoch"])
         if is_best:
             save_checkpoint(out / "best.ckpt", ckpt)
-            log.info("new best mIoU %.2f%%: saved %s", miou, out / "best.ckpt")
+            log.info("new best %s %.2f%%: saved %s", "mIoU" if args.select_with_gt else "mAP",
+                     score, out / "best.ckpt")
     barrier()
 
 
@@ -156,4 +172,5 @@ def resume(args: Namespace, net, opt, sched, scaler) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
     log.info("resumed from %s at the end of epoch %d (camT %.2f)", path, ckpt["epoch"],
              ckpt["camT"])
-    return {k: ckpt[k] for k in ("epoch", "camT", "best_miou", "history")}
+    best = ckpt["best_score"] if "best_score" in ckpt else ckpt["best_miou"]  # older runs
+    return {"best_score": best, **{k: ckpt[k] for k in ("epoch", "camT", "history")}}

@@ -1,8 +1,15 @@
-"""Per-epoch validation (SPEC 5.6 steps 2-3): SGC at the validation scales + flip, summed,
-min-max normalised, scored in memory at every threshold of the sweep in one pass.
+"""Per-epoch validation (SPEC 5.6 steps 2-3) under the two selection protocols.
 
-Under torchrun each rank scores its share of the list and the integer confusion counts are
-summed over the ranks, so every rank gets exactly the single-process mIoU and threshold.
+With ground truth (the released protocol): SGC at the validation scales + flip, summed, min-max
+normalised, scored against the GT masks in memory at every threshold of the sweep in one pass.
+The best threshold, its mIoU and the image-level mAP come back.
+
+Without ground truth (``select_with_gt: false``): no mask is read; only the image-level
+classification mAP over the validation list (which needs image labels only) comes back.
+
+Under torchrun each rank scores its share of the list; the integer confusion counts and the
+(image x class) score matrix are summed over the ranks, so every rank gets exactly the
+single-process numbers.
 """
 from __future__ import annotations
 
@@ -14,53 +21,90 @@ import torch
 from tqdm import tqdm
 
 from data.voc import load_mask
-from tool.dist import all_reduce_sum
+from tool.dist import all_reduce_sum, rank_world
 from tool.evaluation import confusion_npy, miou_from_confusion
-from tool.msf import msf_cams, present_dict
+from tool.msf import msf_cams, msf_scores, present_dict
 
 
 @dataclass
 class ValResult:
-    thresholds: np.ndarray
-    miou: np.ndarray          # (T,) percent
-    confusion: np.ndarray     # (T, 21, 21) [gt, pred]
+    cls_map: float                       # image-level mAP (%) over the validation list
+    thresholds: np.ndarray | None = None  # (T,); None without ground truth
+    miou: np.ndarray | None = None        # (T,) percent
+    confusion: np.ndarray | None = None   # (T, 21, 21) [gt, pred]
 
     @property
     def best_index(self) -> int:
         return int(np.argmax(self.miou))  # first index wins ties (SPEC 5.6)
 
     @property
-    def best_t(self) -> float:
-        return float(self.thresholds[self.best_index])
+    def best_t(self) -> float | None:
+        return None if self.miou is None else float(self.thresholds[self.best_index])
 
     @property
-    def best_miou(self) -> float:
-        return float(self.miou[self.best_index])
+    def best_miou(self) -> float | None:
+        return None if self.miou is None else float(self.miou[self.best_index])
 
 
-def validation_confusion(model: torch.nn.Module, loader, gt_dir: str | Path,
-                         thresholds: np.ndarray, device: torch.device,
-                         progress: bool = True) -> np.ndarray:
-    """Accumulate (T, 21, 21) confusion counts over the validation loader.
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes with a positive image of the (non-interpolated) average precision.
 
-    Kept separate from the mIoU so counts from several processes can be summed first.
+    scores, labels: (N, K). AP_k = mean, over the positives of class k, of the precision among
+    the images ranked at or above it (descending score; ties keep the list order). Percent.
     """
+    aps = []
+    for k in np.nonzero(labels.sum(0) > 0)[0]:
+        order = np.argsort(-scores[:, k], kind="stable")
+        hits = labels[order, k] > 0
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(precision[hits].mean())
+    return 100.0 * float(np.mean(aps)) if aps else 0.0
+
+
+def _validation_pass(model: torch.nn.Module, loader, gt_dir: str | Path | None,
+                     thresholds: np.ndarray, device: torch.device, progress: bool
+                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """This rank's confusion counts (T, 21, 21) (None without ``gt_dir``) and the scores and
+    labels (n_local, 20) of its images, in loader order."""
     was_training = model.training
     model.eval()
-    conf = np.zeros((len(thresholds), 21, 21), np.int64)
+    conf = None if gt_dir is None else np.zeros((len(thresholds), 21, 21), np.int64)
+    scores, labels = [], []
     for sample in tqdm(loader, desc="validate", leave=False, disable=not progress):
-        _, sgc = msf_cams(model, sample["img"], sample["size"], device)
-        pred = present_dict(sgc, sample["label"])
-        gt = load_mask(Path(gt_dir) / f"{sample['name']}.png")
-        conf += confusion_npy(pred, gt, thresholds)
+        if gt_dir is None:  # no CAM needed: the classifier alone
+            scores.append(msf_scores(model, sample["img"], device))
+        else:
+            _, sgc, s = msf_cams(model, sample["img"], sample["size"], device)
+            scores.append(s)
+            pred = present_dict(sgc, sample["label"])
+            conf += confusion_npy(pred, load_mask(Path(gt_dir) / f"{sample['name']}.png"),
+                                  thresholds)
+        labels.append(np.asarray(sample["label"], np.float64))
     model.train(was_training)
-    return conf
+    return conf, np.reshape(scores, (-1, 20)), np.reshape(labels, (-1, 20))
 
 
-def validate(model: torch.nn.Module, loader, gt_dir: str | Path, thresholds: np.ndarray,
+def _gather_rows(rows: np.ndarray, device: torch.device) -> np.ndarray:
+    """Every rank's rows of a list sharded with ``tool.dist.shard`` (rank r holds items
+    r, r + world, ...), in list order: scattered into zeros and summed over the ranks."""
+    rank, world = rank_world()
+    n_total = int(all_reduce_sum(np.array([len(rows)]), device)[0])
+    full = np.zeros((n_total, rows.shape[1]), np.float64)
+    full[rank::world] = rows
+    return all_reduce_sum(full, device)
+
+
+def validate(model: torch.nn.Module, loader, gt_dir: str | Path | None, thresholds: np.ndarray,
              device: torch.device, progress: bool = True) -> ValResult:
-    """Score ``loader`` (this rank's share of the list) at every threshold, over all ranks."""
-    conf = all_reduce_sum(validation_confusion(model, loader, gt_dir, thresholds, device,
-                                               progress), device)
+    """Score ``loader`` (this rank's share of the list, see ``tool.dist.shard``) over all ranks.
+
+    ``gt_dir`` None: the GT-free protocol (mAP only; no mask is opened).
+    """
+    conf, scores, labels = _validation_pass(model, loader, gt_dir, thresholds, device, progress)
+    cls_map = mean_average_precision(_gather_rows(scores, device),
+                                     _gather_rows(labels, device))
+    if conf is None:
+        return ValResult(cls_map)
+    conf = all_reduce_sum(conf, device)
     miou = np.array([miou_from_confusion(c) for c in conf])
-    return ValResult(np.asarray(thresholds), miou, conf)
+    return ValResult(cls_map, np.asarray(thresholds), miou, conf)
