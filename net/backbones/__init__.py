@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from net.backbones import effb3 as _effb3
+from net.backbones import efflite0 as _efflite0
 from net.backbones import resnet as _resnet
 from net.backbones import resnet38 as _resnet38
 from net.backbones.effb3 import effb3
+from net.backbones.efflite0 import efflite0
 from net.backbones.resnet import resnet18, resnet50
 from net.backbones.resnet38 import resnet38
 from net.weights import LoadReport
@@ -48,6 +50,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "resnet38": resnet38,
     "effb3": effb3,
+    "efflite0": efflite0,
 }
 
 
@@ -70,5 +73,6 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
 
 def weights_hint(name: str) -> str:
     """The ImageNet checkpoint file(s) backbone ``name`` expects, and where they are published."""
-    return {"effb3": _effb3.HINT, "resnet38": _resnet38.HINT}.get(name) or \
+    return {"effb3": _effb3.HINT, "efflite0": _efflite0.HINT,
+            "resnet38": _resnet38.HINT}.get(name) or \
         _resnet.weights_hint(name)
