@@ -6,13 +6,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TOY    ?= data/toy_voc
 
-.PHONY: demo test lint bench ablation toy clean-runs help
+.PHONY: demo demo-pretrained test lint bench ablation toy clean-runs help
 
 help:
 	@echo "make demo      - toy pipeline: generate data, train, infer, evaluate (runs/demo/)"
+	@echo "make demo-pretrained - the same with ImageNet-pretrained EfficientNet-Lite0 (runs/demo_pretrained/)"
 	@echo "make test      - lint + unit/integration tests"
 	@echo "make bench     - speed benchmarks (evaluator, training, inference, CRF)"
-	@echo "make ablation  - toy ablation: MCL vs MCL+PL-Mix, 3 seeds (runs/ablation/)"
+	@echo "make ablation  - toy ablation: MCL vs MCL+PL-Mix, 2 regimes x 3 seeds, paired tests (runs/ablation/)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ toy: $(VENV)/.req-installed
 
 demo: toy
 	$(PY) -m tool.demo --voc12_root $(TOY)
+
+demo-pretrained: toy
+	$(PY) -m tool.demo --voc12_root $(TOY) --config configs/toy_pretrained.yaml --out runs/demo_pretrained
 
 test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

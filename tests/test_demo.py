@@ -30,12 +30,25 @@ def test_ablation_table(tiny_config, toy_voc, tmp_path):
     cfg = tmp_path / "abl.yaml"  # the mix branch from epoch 1: epoch 0 is shared
     cfg.write_text(tiny_config.read_text().replace("mix_start: 0", "mix_start: 1"))
     res = ablation.main(["--config", str(cfg), "--voc12_root", str(toy_voc),
-                         "--seeds", "0", "--out", str(tmp_path / "abl")])
-    assert set(res) == {"MCL", "MCL+PL-Mix"} and all(len(v) == 1 for v in res.values())
+                         "--seeds", "0", "--out", str(tmp_path / "abl")])["abl"]
+    assert all(len(res[v]) == 1 for v in ("MCL", "MCL+PL-Mix"))
+    test = res["paired"][0]  # PL-Mix (A) against MCL (B) on the same val images
+    assert {"n", "mean_diff", "t", "p_value", "ci95"} <= set(test) and test["n"] == 4
+    assert abs(test["miou_a"] - res["MCL+PL-Mix"][0]) < 1e-9
+    assert abs(test["miou_b"] - res["MCL"][0]) < 1e-9
     md = (tmp_path / "abl" / "ablation.md").read_text()
-    assert "| seed |" in md and "mean ± std" in md
+    assert "| seed |" in md and "mean ± std" in md and "p (paired t)" in md
     assert (tmp_path / "abl" / "ablation.png").stat().st_size > 0
-    mcl, mix = (read_metrics(tmp_path / "abl" / d / "metrics.csv")
+    mcl, mix = (read_metrics(tmp_path / "abl" / "abl" / d / "metrics.csv")
                 for d in ("MCL_seed0", "MCL_PL-Mix_seed0"))
     assert mcl[0]["miou"] == mix[0]["miou"]  # the shared epoch
     assert float(mcl[1]["loss_mixseg"]) == 0 and float(mix[1]["loss_mixseg"]) > 0
+
+
+def test_ablation_unknown_regime(tmp_path):
+    import pytest
+
+    from tool.errors import UserError
+
+    with pytest.raises(UserError, match="--regimes: unknown big"):
+        ablation.main(["--regimes", "scratch,big", "--out", str(tmp_path)])

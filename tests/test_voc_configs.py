@@ -4,18 +4,20 @@ training at once with the file to get."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
 import train_mcl
 from tool.build import build_loaders, build_model, epoch_loader
-from tool.config import CONFIG_DIR, parse_config_args
+from tool.config import CONFIG_DIR, load_config, parse_config_args
 from tool.errors import UserError
 from tool.runtime import epoch_generators
 from tool.train_step import StepContext, TrainLosses, train_step
 
-CONFIGS = ["voc12_effb3.yaml", "voc12_resnet50.yaml", "voc12_resnet38.yaml"]
+CONFIGS = ["voc12_effb3.yaml", "voc12_resnet50.yaml", "voc12_resnet38.yaml",
+           "toy_pretrained.yaml"]
 
 
 def _args(name, toy_voc, *extra):
@@ -56,3 +58,14 @@ def test_missing_imagenet_weights_named(name, file, toy_voc, tmp_path):
     with pytest.raises(UserError, match=file):
         train_mcl.main(["--config", str(CONFIG_DIR / name), "--session_name", str(tmp_path)])
     assert not any(tmp_path.iterdir())  # stopped before writing anything
+
+
+def test_toy_pretrained_keeps_the_released_schedule_shape(toy_voc):
+    args = _args("toy_pretrained.yaml", toy_voc)
+    released = load_config(CONFIG_DIR / "base.yaml")
+    starts = ("imc_start", "mix_start", "aug_start", "pixpro_start", "emd_start")
+    for key in starts:  # same fraction of the run, rounded to the nearest epoch
+        frac = Fraction(released["schedule"][key], released["train"]["max_epoches"])
+        assert getattr(args, key) == math.floor(frac * args.max_epoches + Fraction(1, 2)), key
+    assert args.backbone == "efflite0" and args.backbone_weights == "packaged"
+    assert released["train"]["lr"] <= args.lr <= 1e-4  # the released order, not 1e-3
