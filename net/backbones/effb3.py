@@ -50,31 +50,30 @@ def set_static_padding(model: nn.Module, size: int) -> None:
             m.static_padding = nn.ZeroPad2d(pad * 2) if any(pad) else nn.Identity()
 
 
-class EfficientNetB3Backbone(nn.Module):
-    """EfficientNet-B3 trunk without head: ``forward(x)`` -> (p1, p3, p5, p7).
+class EfficientNetTrunk(nn.Module):
+    """An efficientnet-pytorch network without its head: ``forward(x)`` -> the outputs of the
+    MBConv blocks ``tap_blocks`` (p1, p3, p5, p7).
 
-    Taps are the outputs of blocks 1, 7, 17, 25: (24, 48, 136, 384) channels at strides
-    (2, 8, 16, 16). p7 is a linear-bottleneck output (no activation), so it can be negative.
-    BN: PyTorch momentum 0.01, eps 1e-3 (the package's B3 values); trainable by default as in
-    PL-Mix (SPEC 2.6); ``trainable_bn=False`` normalises with running statistics instead.
-    Stochastic depth: block idx drops its residual branch with rate 0.2 * idx / 26, in train
+    The stem and blocks are the package's own modules under their own names (the checkpoint
+    keys). Static "same" padding is computed once for ``image_size``. BN: the package's momentum
+    and eps; trainable unless ``trainable_bn=False`` (running statistics). Stochastic depth:
+    block idx drops its residual branch with rate drop_connect_rate * idx / n_blocks, in train
     mode only (the package's rule).
     """
 
-    def __init__(self, trainable_bn: bool = True) -> None:
+    def __init__(self, blocks_args: list, params, image_size: int,
+                 tap_blocks: tuple[int, ...], trainable_bn: bool = True) -> None:
         super().__init__()
-        blocks_args, params = get_model_params(MODEL, {"image_size": IMAGE_SIZE})
-        # Build the package model with stride 1 in stage 6, so its block bookkeeping agrees.
-        blocks_args[STRIDE1_STAGE] = blocks_args[STRIDE1_STAGE]._replace(stride=[1])
         net = EfficientNet(blocks_args, params)
-        set_static_padding(net, IMAGE_SIZE)
-        # Keep the package's modules under their own names (the checkpoint keys); drop the head.
+        set_static_padding(net, image_size)
         self._conv_stem, self._bn0, self._blocks, self._swish = (
             net._conv_stem, net._bn0, net._blocks, net._swish)
         if not trainable_bn:
             fix_batchnorm(self)
+        self.tap_blocks = tuple(tap_blocks)
         self.drop_connect_rate = params.drop_connect_rate
-        self.tap_channels = tuple(self._blocks[i]._block_args.output_filters for i in TAP_BLOCKS)
+        self.tap_channels = tuple(self._blocks[i]._block_args.output_filters
+                                  for i in self.tap_blocks)
         strides = [a.stride[0] if isinstance(a.stride, list) else a.stride for a in blocks_args]
         self.output_stride = 2 * math.prod(strides)  # the stem strides 2
 
@@ -84,9 +83,26 @@ class EfficientNetB3Backbone(nn.Module):
         taps = []
         for idx, block in enumerate(self._blocks):
             x = block(x, drop_connect_rate=self.drop_connect_rate * idx / len(self._blocks))
-            if idx in TAP_BLOCKS:
+            if idx in self.tap_blocks:
                 taps.append(x)
         return tuple(taps)
+
+
+class EfficientNetB3Backbone(EfficientNetTrunk):
+    """EfficientNet-B3 trunk without head: ``forward(x)`` -> (p1, p3, p5, p7).
+
+    Taps are the outputs of blocks 1, 7, 17, 25: (24, 48, 136, 384) channels at strides
+    (2, 8, 16, 16). p7 is a linear-bottleneck output (no activation), so it can be negative.
+    BN: PyTorch momentum 0.01, eps 1e-3 (the package's B3 values); trainable by default as in
+    PL-Mix (SPEC 2.6); ``trainable_bn=False`` normalises with running statistics instead.
+    Stochastic depth rate 0.2 * idx / 26.
+    """
+
+    def __init__(self, trainable_bn: bool = True) -> None:
+        blocks_args, params = get_model_params(MODEL, {"image_size": IMAGE_SIZE})
+        # Build the package model with stride 1 in stage 6, so its block bookkeeping agrees.
+        blocks_args[STRIDE1_STAGE] = blocks_args[STRIDE1_STAGE]._replace(stride=[1])
+        super().__init__(blocks_args, params, IMAGE_SIZE, TAP_BLOCKS, trainable_bn)
 
     def load_imagenet_weights(self, path: str | os.PathLike | None) -> LoadReport | None:
         """Load an efficientnet-pytorch B3 checkpoint from a local file (None = keep init)."""

