@@ -28,6 +28,7 @@ MODELS: dict[str, tuple[str, dict]] = {
     "resnet50": ("resnet50", {}),
     "resnet38": ("resnet38", {}),
     "effb3": ("effb3", {}),
+    "efflite0": ("efflite0", {}),
 }
 
 
