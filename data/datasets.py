@@ -1,5 +1,5 @@
-"""Torch datasets: the training set with its two views (SPEC 1.3-1.5) and the multi-scale
-inference/validation set (SPEC 1.6).
+"""Torch datasets: the training set with its two views (METHOD.md 1.3-1.5) and the multi-scale
+inference/validation set (METHOD.md 1.6).
 
 Randomness (decision D6): sample ``index`` of epoch ``epoch`` draws only from generators seeded
 with ``(seed, epoch, index, stream)``, so a sample is the same whatever the DataLoader worker
@@ -63,7 +63,7 @@ class TrainDataset(Dataset):
     ``__getitem__`` returns a dict:
       name (str); img (3, crop, crop) float32; label (20,) float32; and with ``with_views``:
       view1, view2 (3, view, view) float32; coord1, coord2 (4,) int64 = (top, left, h_o, w_o)
-      of the views' overlap in view-1 / view-2 local coordinates (SPEC 1.4).
+      of the views' overlap in view-1 / view-2 local coordinates (METHOD.md 1.4).
 
     DataLoader workers copy the dataset when an iterator is created, so call ``set_epoch``
     before ``iter(loader)`` each epoch and do not use ``persistent_workers=True``.
@@ -126,7 +126,7 @@ class TrainDataset(Dataset):
 
 
 def collate_train(batch: list[dict]) -> dict:
-    """SPEC 1.5 layout as a dict: name -> list of N str; every tensor field stacked to (N, ...)
+    """METHOD.md 1.5 layout as a dict: name -> list of N str; every tensor field stacked to (N, ...)
     (img N x 3 x S x S, label N x 20, views N x 3 x V x V, coords N x 4 int64)."""
     out: dict = {"name": [s["name"] for s in batch]}
     for key in batch[0]:
@@ -136,7 +136,7 @@ def collate_train(batch: list[dict]) -> dict:
 
 
 class MultiScaleDataset(Dataset):
-    """Multi-scale + flip images for validation and CAM inference (SPEC 1.6).
+    """Multi-scale + flip images for validation and CAM inference (METHOD.md 1.6).
 
     ``__getitem__`` returns a dict: name (str); label (20,) float32; size (H, W) of the original
     image (ints; a DataLoader turns the tuple into a list); img: the list

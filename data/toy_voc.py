@@ -84,7 +84,7 @@ CLASSES = (  # (VOC class index, shape, texture, period in px at REF_LONG; spoke
     (17, "heart", "checker", 16.0), (18, "U", "stripes135", 15.0),
     (19, "hexagon", "diamonds", 14.0), (20, "frame", "grid", 12.0),
 )
-_SPEC = {c[0]: c for c in CLASSES}
+_BY_NAME = {c[0]: c for c in CLASSES}
 REF_LONG = 170  # long side (px) at which the periods in CLASSES hold
 OBJECT_SHARES = (0.2, 0.4, 0.4)  # share of images with 1, 2, 3 objects
 SIZE_FRAC = (0.3, 0.55)  # object extent as a share of the image's short side
@@ -394,7 +394,7 @@ def _paint_object(img: np.ndarray, mask: np.ndarray, cls: int, centre, angle: fl
                   rng: np.random.Generator) -> None:
     """Fill ``mask`` with the class texture (scaled with the image, random phase) in two
     colours."""
-    _, _, tex, period = _SPEC[cls]
+    _, _, tex, period = _BY_NAME[cls]
     period *= max(mask.shape) / REF_LONG * rng.uniform(0.95, 1.05)
     u, v = _coords(mask.shape, centre, angle)
     if tex in _CENTRED:  # keep the centre of rings and spokes near the object's
@@ -413,7 +413,7 @@ def compose(rng: np.random.Generator, hw: tuple[int, int],
     img = background(rng, hw)
     for _ in range(rng.integers(3, 8)):
         distractor(img, rng, (0.2, 0.6))
-    shapes = [_SPEC[c][1] for c in classes]
+    shapes = [_BY_NAME[c][1] for c in classes]
     min_px = MIN_VISIBLE * hw[0] * hw[1]
     inst, placed = _random_layout(rng, hw, shapes, min_px) or _grid_layout(hw, shapes)
     for cls, (mask, centre, angle) in zip(classes, placed):

@@ -1,4 +1,4 @@
-"""Image operations of the training and inference pipelines (SPEC 1.3, 1.4, 1.6).
+"""Image operations of the training and inference pipelines (METHOD.md 1.3, 1.4, 1.6).
 
 Every random op takes an explicit ``numpy.random.Generator`` (decision D6) and never touches the
 global Python, numpy or torch RNGs. Images stay PIL RGB up to normalisation and are then
@@ -105,7 +105,7 @@ def random_resize_long(img: Image.Image, rng: np.random.Generator,
 
 
 def rescale(img: Image.Image, scale: float) -> Image.Image:
-    """Bicubic resize to (round(W*scale), round(H*scale)), at least 1 pixel a side (SPEC 1.6)."""
+    """Bicubic resize to (round(W*scale), round(H*scale)), >= 1 pixel a side (METHOD.md 1.6)."""
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     return img.resize(size, Image.Resampling.BICUBIC)
 
@@ -144,7 +144,7 @@ def random_crop_pad(arr: np.ndarray, crop: int,
     """Random ``crop`` x ``crop`` window of an (H, W, C) array, zero-padded where it is smaller.
 
     Each axis on its own: a longer side gets a random source offset, a shorter (or equal) side
-    is copied whole to a random destination offset in the zero container (SPEC 1.3 step 4).
+    is copied whole to a random destination offset in the zero container (METHOD.md 1.3 step 4).
     Returns the (crop, crop, C) float32 container and the box used.
     """
     src_top, dst_top, h = _crop_axis(arr.shape[0], crop, rng)
@@ -170,7 +170,7 @@ def draw_view_corners(height: int, width: int, view_size: int,
     """Top-left corners (i1, j1, i2, j2) of two ``view_size`` boxes that overlap.
 
     Both corners are uniform over all valid positions and are redrawn together until the
-    intersection has positive height and width (SPEC 1.4).
+    intersection has positive height and width (METHOD.md 1.4).
     """
     if height < view_size or width < view_size:
         raise ValueError(f"view size {view_size} does not fit in a {height}x{width} image")
@@ -184,7 +184,7 @@ def draw_view_corners(height: int, width: int, view_size: int,
 def overlap_coords(i1: int, j1: int, i2: int, j2: int,
                    view_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """coord1 = (t1, l1, h_o, w_o) and coord2 = (t2, l2, h_o, w_o): the boxes' intersection in
-    each view's local pixel coordinates (SPEC 1.4)."""
+    each view's local pixel coordinates (METHOD.md 1.4)."""
     top, left = max(i1, i2), max(j1, j2)
     h_o, w_o = view_size - abs(i1 - i2), view_size - abs(j1 - j2)
     return (top - i1, left - j1, h_o, w_o), (top - i2, left - j2, h_o, w_o)
@@ -194,7 +194,7 @@ def two_views(img: Image.Image, rng: np.random.Generator, view_size: int, view_m
               jitter: Jitter = DEFAULT_JITTER, mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD
               ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], tuple[int, ...]]:
-    """Two overlapping, independently jittered views of ``img`` (SPEC 1.4).
+    """Two overlapping, independently jittered views of ``img`` (METHOD.md 1.4).
 
     Returns view1, view2 as (view_size, view_size, 3) float32 normalised arrays and their
     overlap coordinates coord1, coord2 (see ``overlap_coords``). The released ``ori_coord``

@@ -1,6 +1,6 @@
 """PASCAL VOC 2012 readers: class names, palette, list files, image-level labels, images, masks.
 
-Names are always kept in their underscore form (``2007_000032``), as in MuSCLe/IRN (SPEC 1.1).
+Names are always kept in their underscore form (``2007_000032``), as in MuSCLe/IRN (METHOD.md 1.1).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def parse_list_line(line: str) -> str:
     """One list line -> underscore image name.
 
     Accepts ``2007_000032`` and ``/JPEGImages/2007_000032.jpg /SegmentationClassAug/...png``:
-    the basename of the first token without its extension (SPEC 1.1, MuSCLe parsing).
+    the basename of the first token without its extension (METHOD.md 1.1, MuSCLe parsing).
     """
     return os.path.splitext(os.path.basename(line.split()[0]))[0]
 
@@ -61,7 +61,7 @@ def load_img_name_list(path: str | os.PathLike) -> list[str]:
 
 
 def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load ``cls_labels.npy``: dict underscore name -> float32 (20,) multi-hot (SPEC 1.2)."""
+    """Load ``cls_labels.npy``: dict underscore name -> float32 (20,) multi-hot (METHOD.md 1.2)."""
     try:
         d = np.load(path, allow_pickle=True).item()
     except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""The CAM network (SPEC 2.2-2.5): backbone, classifier, CAM and PCM ("SGC") refinement.
+"""The CAM network (METHOD.md 2.2-2.5): backbone, classifier, CAM and PCM ("SGC") refinement.
 
 Layout of the released ``EfficientSeg`` in mode 'enc' with any registered backbone: logits
 = fc(GAP(p7)); CAM = ReLU(1x1 conv of p7 with the *detached* fc weight); SGC = the CAM propagated
@@ -29,11 +29,11 @@ def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor
 
 
 def pcm(cam: torch.Tensor, feat: torch.Tensor, eps: float = PCM_EPS) -> torch.Tensor:
-    """Propagate ``cam`` (N, C, h, w) with the affinity of ``feat`` (N, D, h, w) (SPEC 2.4 3-6).
+    """PCM (METHOD.md 2.4 steps 3-6): propagate ``cam`` (N, C, h, w) by the affinity of ``feat``.
 
     A_ij = ReLU(<f_i, f_j>) of L2-normalised feature vectors, normalised over i so each output
     position j is a convex-weighted average of the CAM: SGC_j = sum_i CAM_i A_ij / sum_i A_ij.
-    Returns (N, C, h, w).
+    feat: (N, D, h, w). Returns (N, C, h, w).
     """
     n, c, h, w = cam.shape
     f = feat.flatten(2)  # (N, D, hw)
@@ -61,7 +61,7 @@ class CAMNet(nn.Module):
         self.amp_dtype: torch.dtype | None = None  # autocast dtype of the backbone (--amp)
 
     def forward(self, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, ...]:
-        """x: (N, 3, H, W). Returns, by ``mode`` (SPEC 2.5):
+        """x: (N, 3, H, W). Returns, by ``mode`` (METHOD.md 2.5):
 
         - 'cam': (cam, sgc, emb, logits); the CAM enters PCM detached, so SGC trains only fuse.
         - 'pix': (cam, sgc); the CAM enters PCM with grad, so SGC also trains the backbone.
@@ -105,6 +105,6 @@ class CAMNet(nn.Module):
     def fusion_features(self, taps: tuple[torch.Tensor, ...], size: torch.Size) -> torch.Tensor:
         """ReLU of the taps resized to the CAM ``size``, concatenated: (N, c1 + c3 + c5, h, w).
 
-        Computed without grad: the PCM losses never train the fusion path directly (SPEC 2.4).
+        Computed without grad: the PCM losses never train the fusion path directly (METHOD.md 2.4).
         """
         return torch.cat([F.relu(_resize(t, size)) for t in taps], dim=1)

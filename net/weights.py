@@ -2,7 +2,7 @@
 
 Nothing is ever downloaded: every path is a local file. Loading is never a silent
 ``strict=False``: missing backbone keys and shape mismatches raise :class:`UserError`, and
-unexpected keys (e.g. the ImageNet ``fc.*``) are reported and logged (SPEC D3, D7).
+unexpected keys (e.g. the ImageNet ``fc.*``) are reported and logged (METHOD.md D3, D7).
 """
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_effb3_stage6_stride1_and_released_padding(eff):
     strides = [b._depthwise_conv.stride[0] for b in blocks]
     assert [i for i, s in enumerate(strides) if s == 2] == [2, 5, 8]  # 18 is stride 1
     assert blocks[18]._depthwise_conv.kernel_size == (5, 5)
-    # SPEC 2.1 table: padding from image size 300 for every conv, whatever its stage.
+    # METHOD.md 2.1: padding from image size 300 for every conv, whatever its stage.
     table = {(3, 1): (1, 1), (5, 1): (2, 2), (3, 2): (0, 1), (5, 2): (1, 2), (1, 1): (0, 0)}
     convs = [m for m in eff.backbone.modules() if isinstance(m, Conv2dStaticSamePadding)]
     for m in convs:
@@ -219,7 +219,7 @@ def test_effb3_stage6_stride1_and_released_padding(eff):
 
 def test_effb3_bn(eff):
     bns = [m for m in eff.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(type(m) is nn.BatchNorm2d for m in bns)  # trainable by default (SPEC 2.6)
+    assert all(type(m) is nn.BatchNorm2d for m in bns)  # trainable by default (METHOD.md 2.6)
     assert all(m.momentum == pytest.approx(0.01) and m.eps == 1e-3 for m in bns)
     fixed = build_backbone("effb3", trainable_bn=False)
     bns = [m for m in fixed.modules() if isinstance(m, nn.BatchNorm2d)]

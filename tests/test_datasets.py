@@ -1,4 +1,4 @@
-"""Training / multi-scale datasets and their image ops (SPEC 1.3-1.6, decisions D2 and D6)."""
+"""Training / multi-scale datasets and their image ops (METHOD.md 1.3-1.6, decisions D2 and D6)."""
 from __future__ import annotations
 
 import numpy as np

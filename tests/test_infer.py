@@ -1,4 +1,4 @@
-"""Inference: the SPEC 6 npy format, label PNGs, and resume-by-skipping after a kill."""
+"""Inference: the npy format of METHOD.md 6, label PNGs, and resume-by-skipping after a kill."""
 from __future__ import annotations
 
 from pathlib import Path

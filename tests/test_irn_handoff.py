@@ -1,5 +1,5 @@
-"""The hand-off contract with MuSCLe's infer_irn.py (SPEC 6.6), read back by a small reader
-written from the spec: our npy files must give IRN what it expects."""
+"""The hand-off contract with MuSCLe's infer_irn.py (METHOD.md 6.6), read back by a small reader
+written from that description: our npy files must give IRN what it expects."""
 from __future__ import annotations
 
 import numpy as np

@@ -74,7 +74,7 @@ def _maxnorm_input(values: list[float]) -> torch.Tensor:
 
 
 def test_float16_threshold_q21():
-    # float16(0.30) is 0.30005 (not 0.2998 as SPEC Q21 says); half spacing here is 2**-12
+    # float16(0.30) is 0.30005 (quirk Q21, METHOD.md 5.5 step 4); half spacing here is 2**-12
     assert float(np.float16(0.30)) == T16
     maps = _maxnorm_input([0.3001, 0.3002, 0.29995])
     normed = cam_maxnorm(maps)[0, 5, 0, 2:]

@@ -18,7 +18,7 @@ import torch
 from tool.crf import CRFPool, crf_labels_full
 from tool.plmix import pseudo_label_maps
 
-# How many classes an image has, as on VOC train_aug (1-6 per image, mean 1.56: SPEC 1.2);
+# How many classes an image has, as on VOC train_aug (1-6 per image, mean 1.56: METHOD.md 1.2);
 # the CRF's cost depends on it through the number of labels it keeps.
 CLASS_COUNT_P = (0.62, 0.25, 0.09, 0.04)
 
@@ -32,7 +32,7 @@ def _texture(rng: np.random.Generator, size: int, cells: int, amp: float) -> np.
 def synthetic_sample(rng: np.random.Generator, size: int, T: float = 0.3
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image (H, W, 3) uint8 with 1-3 classes of textured elliptic objects on a textured
-    background, float16 M (21, H, W) from CAM-like maps (SPEC 5.5 step 4, channel 0 = T), and
+    background, float16 M (21, H, W) from CAM-like maps (METHOD.md 5.5 step 4, channel 0 = T), and
     the present class ids."""
     img = 110 + _texture(rng, size, 6, 40) + _texture(rng, size, 40, 12)
     n_classes = rng.choice(len(CLASS_COUNT_P), p=CLASS_COUNT_P) + 1

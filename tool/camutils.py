@@ -1,4 +1,4 @@
-"""CAM normalisations of SPEC section 3 (training: torch; validation/inference: numpy)."""
+"""CAM normalisations of METHOD.md section 3 (training: torch; validation/inference: numpy)."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +22,7 @@ def cam_maxnorm(cams: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 def cam_softmaxnorm(cams: torch.Tensor) -> torch.Tensor:
     """Softmax over the 20 foreground channels, background = 1 - max: (N, 21, H, W) -> same.
 
-    Input channel 0 is ignored; absent classes take part in the softmax (SPEC 3).
+    Input channel 0 is ignored; absent classes take part in the softmax (METHOD.md 3).
     """
     fg = torch.softmax(cams[:, 1:], dim=1)
     bg = 1 - fg.max(dim=1, keepdim=True).values

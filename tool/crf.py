@@ -1,4 +1,4 @@
-"""Dense CRF (pydensecrf ``DenseCRF2D``) for pseudo labels (SPEC 5.5 step 4) and inference.
+"""Dense CRF (pydensecrf ``DenseCRF2D``) for pseudo labels (METHOD.md 5.5 step 4) and inference.
 
 Two ways to run it:
 
@@ -34,7 +34,7 @@ ABSENT_MODES = ("merge", "drop")
 
 @dataclass(frozen=True)
 class CRFParams:
-    """The CRF settings of SPEC 5.5 step 4 / section 9 (released values as defaults; D2)."""
+    """The CRF settings of METHOD.md 5.5 step 4 / section 9 (released values as defaults; D2)."""
 
     n_iters: int = 6
     unary_scale: float = 0.5

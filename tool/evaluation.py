@@ -1,4 +1,4 @@
-"""mIoU of CAM dicts or label PNGs against VOC masks, with MuSCLe/SEAM semantics (SPEC 7, D9).
+"""mIoU of CAM dicts or label PNGs against VOC masks, with MuSCLe/SEAM semantics (METHOD.md 7, D9).
 
 Reference semantics (``do_python_eval``), reproduced exactly:
 
@@ -217,7 +217,7 @@ def miou_curve(conf: np.ndarray) -> np.ndarray:
 
 
 def load_cam_dict(path: str | os.PathLike) -> dict:
-    """Load a CAM hand-off npy (pickled dict, SPEC 6); missing or non-dict file -> UserError."""
+    """Load a CAM hand-off npy (pickled dict, METHOD.md 6); missing or non-dict -> UserError."""
     try:
         obj = np.load(path, allow_pickle=True)
     except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""Multi-scale CAM inference (SPEC 6): one ``.npy`` dict per image for the IRN hand-off, plus
+"""Multi-scale CAM inference (METHOD.md 6): one ``.npy`` dict per image for the IRN hand-off, plus
 optional raw-CAM dicts, label PNGs at ``camT`` (optionally CRF-refined) and overlays.
 
 Images whose requested outputs all exist are skipped, and every file is written atomically,

@@ -1,4 +1,4 @@
-"""Training losses of SPEC section 4: classification, ER, IMC, PixPro, EMD and the PL-Mix losses.
+"""Training losses of METHOD.md section 4: classification, ER, IMC, PixPro, EMD and PL-Mix losses.
 
 Shapes: N = batch, C = 21 channels (index 0 = background), K = 20 foreground classes.
 ``labels`` is the (N, K) float multi-hot label and ``label_bg`` = [1, labels] is (N, C).
@@ -17,7 +17,7 @@ from tool.errors import UserError
 
 MIX_SEG_KINDS = ("focal", "ce", "focal_ce")
 FIX_LOG_EPS = 1e-6  # log(P + eps) of the Q3 fix; P is exactly 0 for every absent-class pixel
-_MIN_WINDOW = 5  # get_dynamic_crops redraws window sizes below this (SPEC 4.7 step 3)
+_MIN_WINDOW = 5  # get_dynamic_crops redraws window sizes below this (METHOD.md 4.7 step 3)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -61,7 +61,7 @@ def _log_probs(P: torch.Tensor, probs_as_logits: bool) -> torch.Tensor:
 # ----------------------------------------------------------------------------- classification
 def focal_loss(probs: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0,
                gamma: float = 2.0, divide_by_alpha: bool = True) -> torch.Tensor:
-    """Multi-label focal loss (SPEC 4.1): probs, labels (N, K) -> scalar.
+    """Multi-label focal loss (METHOD.md 4.1): probs, labels (N, K) -> scalar.
 
     Summed over classes, mean over the batch. PL-Mix divides by sum(alpha) = alpha, so alpha
     cancels; ``divide_by_alpha=False`` gives MuSCLe's variant (alpha 0.5, no division).
@@ -72,12 +72,12 @@ def focal_loss(probs: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0,
 
 
 def multilabel_soft_margin(logits_fg: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """MultiLabelSoftMarginLoss on raw foreground logits (SPEC 4.2): (N, K), (N, K) -> scalar."""
+    """MultiLabelSoftMarginLoss on raw foreground logits (METHOD.md 4.2): (N, K) x2 -> scalar."""
     return F.multilabel_soft_margin_loss(logits_fg, labels)
 
 
 def lse_pairwise_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Log-sum-exp pairwise ranking loss (SPEC 4.3): probs, labels (N, K) -> scalar.
+    """Log-sum-exp pairwise ranking loss (METHOD.md 4.3): probs, labels (N, K) -> scalar.
 
     All K*K (positive i, negative j) pairs enter, including the zero-filled ones.
     """
@@ -89,7 +89,7 @@ def lse_pairwise_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0,
                         gamma: float = 2.0) -> torch.Tensor:
-    """L_cls = focal + MLSM + pairwise on logits[:, 1:] (SPEC 5.4 step 3): (N, C), (N, K)."""
+    """L_cls = focal + MLSM + pairwise on logits[:, 1:] (METHOD.md 5.4 step 3): (N, C), (N, K)."""
     fg = logits[:, 1:]
     probs = torch.sigmoid(fg)
     return (focal_loss(probs, labels, alpha, gamma) + multilabel_soft_margin(fg, labels)
@@ -99,7 +99,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float
 # ----------------------------------------------------------------------------- ER and IMC
 def er_loss(cam_norm: torch.Tensor, sgc_norm: torch.Tensor, labels: torch.Tensor,
             topk_ratio: float = 0.2) -> torch.Tensor:
-    """Top-k equivariance loss (SPEC 4.4) between un-masked softmax-normalised maps.
+    """Top-k equivariance loss (METHOD.md 4.4) between un-masked softmax-normalised maps.
 
     cam_norm, sgc_norm: (N, C, H, W); labels: (N, K). cam_norm is detached (the target).
     Returns the mean of the k largest |A - B| values of each sample, over N*k values. The
@@ -117,7 +117,7 @@ def er_loss(cam_norm: torch.Tensor, sgc_norm: torch.Tensor, labels: torch.Tensor
 
 def image_level_contrast(emb: torch.Tensor, labels: torch.Tensor,
                          temperature: float = 0.1) -> torch.Tensor | None:
-    """Image-level contrast (SPEC 4.5): emb (N, D), labels (N, K) -> scalar or None.
+    """Image-level contrast (METHOD.md 4.5): emb (N, D), labels (N, K) -> scalar or None.
 
     For anchor i only j > i are looked at (Q19). Positives have identical labels, negatives
     share no class (a pair that is both, two empty labels, counts as both, as released). An anchor
@@ -152,7 +152,7 @@ def _cosine_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Te
 
 def pixpro_loss(q: torch.Tensor, k: torch.Tensor, coord1: torch.Tensor,
                 coord2: torch.Tensor) -> torch.Tensor:
-    """Region consistency of the two views (SPEC 4.6) -> scalar.
+    """Region consistency of the two views (METHOD.md 4.6) -> scalar.
 
     q: (N, C, h, w) normalised+masked view-1 maps (with grad); k: the same for view 2 (detached
     here). coord1/coord2: (N, 4) long (top, left, height, width) of the overlap in each view.
@@ -167,7 +167,7 @@ def pixpro_loss(q: torch.Tensor, k: torch.Tensor, coord1: torch.Tensor,
 # ----------------------------------------------------------------------------- EMD
 def _window_crops(x: torch.Tensor, rng: np.random.Generator, min_out: int, pool_above: int,
                   pool: int) -> torch.Tensor | None:
-    """Random strided windows of one overlap map (SPEC 4.7 steps 3-7).
+    """Random strided windows of one overlap map (METHOD.md 4.7 steps 3-7).
 
     x: (C, h, w) -> (A, C, m_h, m_w), windows in row-major order, or None when the resized
     size is below ``min_out``. Numpy's randint bounds are inclusive here, hence endpoint=True.
@@ -203,7 +203,7 @@ def dynamic_crops(x1: torch.Tensor, coord1: torch.Tensor, x2: torch.Tensor, coor
                   rng: np.random.Generator, *, min_size: int = 15, max_aspect: float = 5.0,
                   min_out: int = 7, pool_above: int = 28, pool: int = 4
                   ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-    """MuSCLe's get_dynamic_crops (SPEC 4.7 crops) on the overlaps of two views.
+    """MuSCLe's get_dynamic_crops (METHOD.md 4.7 crops) on the overlaps of two views.
 
     x1, x2: (N, C, H, W); coord1, coord2: (N, 4) long (top, left, height, width); the overlap
     size is read from coord1. Returns one entry per sample: None when the sample is skipped
@@ -224,7 +224,7 @@ def dynamic_crops(x1: torch.Tensor, coord1: torch.Tensor, x2: torch.Tensor, coor
 
 def sinkhorn_emd(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float = 0.1,
                  iters: int = 10) -> torch.Tensor:
-    """Log-domain Sinkhorn score (SPEC 4.7, Q17), batched over leading dims.
+    """Log-domain Sinkhorn score (METHOD.md 4.7, Q17), batched over leading dims.
 
     cost: (..., M, Q); mu: (..., M); nu: (..., Q) (not normalised). Returns (...):
     sum(pi * cost.detach()) / (M * Q). u and v are updated simultaneously (Jacobi: v uses the
@@ -254,7 +254,7 @@ def _pair_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def emd_loss(u1: torch.Tensor, u2: torch.Tensor, coord1: torch.Tensor, coord2: torch.Tensor,
              rng: np.random.Generator, *, eps: float = 0.1, iters: int = 10,
              **crop_kw) -> torch.Tensor:
-    """Dynamic-crop EMD loss (SPEC 4.7) -> scalar.
+    """Dynamic-crop EMD loss (METHOD.md 4.7) -> scalar.
 
     u1: (N, C, H, W) channel-L2-normalised cam_softmaxnorm(SGC view 1), with grad;
     u2: the same for the raw CAM of view 2 (detached here); coords as in ``dynamic_crops``.
@@ -293,7 +293,7 @@ def _deeplab_focal(logp: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.T
 
 def mix_seg_loss(P: torch.Tensor, Y: torch.Tensor, kind: str, *,
                  probs_as_logits: bool = True) -> torch.Tensor:
-    """Segmentation loss of the mix image (SPEC 4.8): P (N, C, H, W), Y (N, H, W) long -> scalar.
+    """Mix-image segmentation loss (METHOD.md 4.8): P (N, C, H, W), Y (N, H, W) long -> scalar.
 
     kind: ``focal`` (released default; gamma 0, so plain CE averaged over all pixels, Q5),
     ``ce`` (mean over non-ignored pixels), ``focal_ce`` (2 * ce + focal with gamma 2).
@@ -311,7 +311,7 @@ def mix_seg_loss(P: torch.Tensor, Y: torch.Tensor, kind: str, *,
 
 def _soft_sums(P: torch.Tensor, Y: torch.Tensor, num_classes: int,
                probs_as_logits: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Whole-batch sums (sum Q*O, sum Q, sum O) of SoftIoU/SoftDice (SPEC 4.9-4.10).
+    """Whole-batch sums (sum Q*O, sum Q, sum O) of SoftIoU/SoftDice (METHOD.md 4.9-4.10).
 
     Q = softmax(P) as released (Q3) or P itself (fix); O = one-hot(Y), zero rows at 255.
     """
@@ -322,21 +322,21 @@ def _soft_sums(P: torch.Tensor, Y: torch.Tensor, num_classes: int,
 
 def soft_iou_loss(P: torch.Tensor, Y: torch.Tensor, num_classes: int = NUM_CLASSES, *,
                   probs_as_logits: bool = True, smooth: float = 1.0) -> torch.Tensor:
-    """SoftIoU over the whole batch (SPEC 4.9): P (N, C, H, W), Y (N, H, W) long -> scalar."""
+    """SoftIoU over the whole batch (METHOD.md 4.9): P (N, C, H, W), Y (N, H, W) long -> scalar."""
     inter, sq, so = _soft_sums(P, Y, num_classes, probs_as_logits)
     return 1 - (inter + smooth) / (sq + so - inter + smooth)
 
 
 def soft_dice_loss(P: torch.Tensor, Y: torch.Tensor, num_classes: int = NUM_CLASSES, *,
                    probs_as_logits: bool = True, smooth: float = 1.0) -> torch.Tensor:
-    """SoftDice over the whole batch (SPEC 4.10): P (N, C, H, W), Y (N, H, W) long -> scalar."""
+    """Whole-batch SoftDice (METHOD.md 4.10): P (N, C, H, W), Y (N, H, W) long -> scalar."""
     inter, sq, so = _soft_sums(P, Y, num_classes, probs_as_logits)
     return 1 - (2 * inter + smooth) / (sq + so + smooth)
 
 
 def spatial_continuity_loss(P: torch.Tensor, mixlabel: torch.Tensor, threshold: float = 0.3,
                             released_mask: bool = True) -> torch.Tensor:
-    """Thresholded total variation of P (SPEC 4.11): P (N, C, H, W), mixlabel (N, K) -> scalar.
+    """Thresholded total variation of P (METHOD.md 4.11): P (N, C, H, W), mixlabel (N, K) -> scalar.
 
     released_mask=True reproduces Q4: channels are indexed with the 0/1 label values
     themselves, so the mask is channels {0, 1} for every real label. False: {0} + present.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tool.fileio import save_text
 
-# Epoch means of every loss term; 0 before the term's start epoch (SPEC 5.2).
+# Epoch means of every loss term; 0 before the term's start epoch (METHOD.md 5.2).
 LOSS_COLUMNS = ("loss_cls", "loss_er", "loss_imc", "loss_mixseg", "loss_dice", "loss_iou",
                 "loss_sc", "loss_pixpro", "loss_emd")
 # camT: the threshold the epoch trained with; best_t, miou: the validation sweep's best

@@ -1,4 +1,4 @@
-"""Multi-scale + flip CAM forward shared by per-epoch validation and inference (SPEC 1.6, 6).
+"""Multi-scale + flip CAM forward shared by per-epoch validation and inference (METHOD.md 1.6, 6).
 
 Each scale's original and flipped pass run as one batch of two; the maps are stripped of
 channel 0, resized to the original size with OpenCV's bilinear resize, un-flipped (after the
@@ -64,7 +64,7 @@ def msf_cams(model: torch.nn.Module, passes: list[torch.Tensor], size_hw: tuple[
 
 
 def present_dict(maps: np.ndarray, label: np.ndarray) -> dict[int, np.ndarray]:
-    """Min-max normalise the summed maps and keep the present classes (SPEC 6 format).
+    """Min-max normalise the summed maps and keep the present classes (the format of METHOD.md 6).
 
     maps: np (20, H, W) summed maps; label: (20,) multi-hot.
     Returns {0-based class index: float32 (H, W)}.

@@ -1,4 +1,4 @@
-"""PL-Mix operations of SPEC 5.5: partner choice, pseudo labels, own-pair augmentation, mixing.
+"""PL-Mix operations of METHOD.md 5.5: partner choice, pseudo labels, own-pair augmentation, mixing.
 
 Tensors are torch and stay on the input's device; the OpenCV steps round-trip through the CPU.
 Random draws come from explicit generators (D6).
@@ -21,7 +21,7 @@ LABEL_INTERP = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT
 
 def partner_index(n: int, rng_or_generator: torch.Generator | np.random.Generator,
                   random_order: bool = True) -> torch.Tensor:
-    """Partner permutation pi (n,) long; fixed points allowed (SPEC 5.5 step 1).
+    """Partner permutation pi (n,) long; fixed points allowed (METHOD.md 5.5 step 1).
 
     A torch.Generator draws ``torch.randperm`` on its own device, a numpy Generator draws
     ``permutation``. ``random_order=False`` is the unused batch-reversal path (Q9).
@@ -53,7 +53,7 @@ def pseudo_label_maps(maps: torch.Tensor, label_bg: torch.Tensor, T: float) -> t
 
 
 def pseudo_labels(maps: torch.Tensor, label_bg: torch.Tensor, T: float) -> torch.Tensor:
-    """SPEC 5.5 step 4 without CRF: argmax of ``pseudo_label_maps`` -> (N, H, W) long.
+    """METHOD.md 5.5 step 4 without CRF: argmax of ``pseudo_label_maps`` -> (N, H, W) long.
 
     Ties go to the lower index; absent classes are 0 so only background or present classes win.
     Works for N = 1 (Q22: no squeeze).
@@ -65,7 +65,7 @@ def crf_pseudo_labels(images: np.ndarray | torch.Tensor, maps: torch.Tensor,
                       label_bg: torch.Tensor, T: float, *, reduced: bool = False,
                       pool: CRFPool | None = None, absent: str = "merge", **crf_kwargs
                       ) -> torch.Tensor:
-    """SPEC 5.5 step 4 with the dense CRF -> (N, H, W) long on ``maps.device``.
+    """METHOD.md 5.5 step 4 with the dense CRF -> (N, H, W) long on ``maps.device``.
 
     images: (N, 3, H, W) uint8 (the de-normalised batch, numpy or torch); maps, label_bg as for
     ``pseudo_labels``; the same float16 M is the CRF input. reduced=False is the released
@@ -113,7 +113,7 @@ def _as_label(arr: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 def rotate_pair(img: torch.Tensor, label: torch.Tensor, angles: Sequence[int] | np.ndarray,
                 released_centre: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC 5.5 step 5.1: rotate each sample by its integer angle (degrees, positive =
+    """METHOD.md 5.5 step 5.1: rotate each sample by its integer angle (degrees, positive =
     counter-clockwise, OpenCV convention) about (W/2, H/2), scale 1, same size.
 
     img (N, 3, H, W) float normalised: bilinear, border 0 (the mean colour); label (N, H, W):
@@ -165,7 +165,7 @@ def _scale_place_one(im: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
 
 def random_scale_place(img: torch.Tensor, label: torch.Tensor, rng: np.random.Generator,
                        label_interp: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC 5.5 step 5.2: per sample s ~ U(0.5, 2), resize to (int(H s), int(W s)), then a
+    """METHOD.md 5.5 step 5.2: per sample s ~ U(0.5, 2), resize to (int(H s), int(W s)), then a
     random crop (s >= 1) or a paste into a zero canvas (s < 1).
 
     img (N, 3, H, W) float normalised (bilinear); label (N, H, W) ids, 'bilinear' as released

@@ -5,7 +5,7 @@ Writes ``cls_labels.npy``, ``{train_aug,train,val}.txt`` and, with ``--aug_masks
 
 ``python -m tool.prepare_voc --voc12_root VOC2012 --sbd_root SBD/dataset --out_dir data
 [--aug_masks]``. Lists, annotations and JPEGs are all checked before anything is written;
-masks as they are converted (SPEC 1.1, 1.2).
+masks as they are converted (METHOD.md 1.1, 1.2).
 """
 from __future__ import annotations
 

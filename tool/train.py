@@ -1,4 +1,4 @@
-"""Stage 1 training (SPEC 5): epochs of ``train_step``, per-epoch validation, the LR schedule
+"""Stage 1 training (METHOD.md 5): epochs of ``train_step``, per-epoch validation, the LR schedule
 on the best mIoU, ``camT`` following the best threshold, checkpoints and ``metrics.csv``.
 
 Under ``torchrun --nproc_per_node N`` the same loop runs in N processes: DDP averages the

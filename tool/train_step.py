@@ -1,4 +1,4 @@
-"""One training iteration (SPEC 5.4): the MCL losses, the PL-Mix branch (5.5) and the second
+"""One training iteration (METHOD.md 5.4): the MCL losses, the PL-Mix branch (5.5) and the second
 optimizer step with the view losses. Which parts run is decided by the epoch and the config.
 
 Each optimizer step is one forward of ``TrainLosses`` (which runs every network pass that step
@@ -112,7 +112,7 @@ def main_losses(model, img: torch.Tensor, label: torch.Tensor, ctx: StepContext)
 
 def plmix_losses(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tensor,
                  ctx: StepContext) -> torch.Tensor:
-    """SPEC 5.5: partner, pseudo labels, augmentation, mix image/label, mix forward, losses.
+    """METHOD.md 5.5: partner, pseudo labels, augmentation, mix image/label, mix forward, losses.
 
     sam: (N, 21, H, W) softmax-normalised SGC of the main (train-mode) pass, detached.
     """
@@ -164,7 +164,7 @@ def make_pseudo_labels(images: torch.Tensor, maps: torch.Tensor, label_bg: torch
 
 def view_losses(model, batch: dict, label: torch.Tensor, ctx: StepContext,
                 device: torch.device) -> torch.Tensor:
-    """Step-2 loss (SPEC 5.4 step 7): PixPro from its epoch, plus EMD from its epoch."""
+    """Step-2 loss (METHOD.md 5.4 step 7): PixPro from its epoch, plus EMD from its epoch."""
     a = ctx.args
     model.eval()  # quirk Q11
     v1 = batch["view1"].to(device, non_blocking=True).float()

@@ -1,4 +1,4 @@
-"""Per-epoch validation (SPEC 5.6 steps 2-3) under the two selection protocols.
+"""Per-epoch validation (METHOD.md 5.6 steps 2-3) under the two selection protocols.
 
 With ground truth (the released protocol): SGC at the validation scales + flip, summed, min-max
 normalised, scored against the GT masks in memory at every threshold of the sweep in one pass.
@@ -35,7 +35,7 @@ class ValResult:
 
     @property
     def best_index(self) -> int:
-        return int(np.argmax(self.miou))  # first index wins ties (SPEC 5.6)
+        return int(np.argmax(self.miou))  # first index wins ties (METHOD.md 5.6)
 
     @property
     def best_t(self) -> float | None:

@@ -1,7 +1,7 @@
 """Backbone registry: ``build_backbone(name, **kwargs)`` over the builders in :data:`BACKBONES`.
 
 Every backbone is an ``nn.Module`` following :class:`Backbone`: ``forward(x)`` returns the four
-taps of SPEC 2.7 and it loads its ImageNet weights from a local file. To add one, write a
+taps of METHOD.md 2.7 and it loads its ImageNet weights from a local file. To add one, write a
 builder returning such a module and register it in :data:`BACKBONES`.
 """
 from __future__ import annotations

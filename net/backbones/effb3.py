@@ -1,4 +1,4 @@
-"""EfficientNet-B3 backbone of the released PL-Mix code (SPEC 2.1), built with the
+"""EfficientNet-B3 backbone of the released PL-Mix code (METHOD.md 2.1), built with the
 ``efficientnet-pytorch`` package.
 
 The stem and the 26 MBConv blocks are the package's own modules, so its published checkpoints
@@ -27,7 +27,7 @@ from net.weights import LoadReport, load_backbone_weights
 
 NAME = "effb3"
 MODEL = "efficientnet-b3"
-IMAGE_SIZE = 300  # B3's default resolution; fixes every static padding (SPEC 2.1)
+IMAGE_SIZE = 300  # B3's default resolution; fixes every static padding (METHOD.md 2.1)
 STRIDE1_STAGE = 5  # 0-based index in the package's seven stages: "stage 6" (k5, 232 ch)
 TAP_BLOCKS = (1, 7, 17, 25)  # p1, p3, p5, p7: outputs of these MBConv blocks
 HINT = ("the efficientnet-pytorch package's published EfficientNet-B3 release weights "
@@ -94,7 +94,7 @@ class EfficientNetB3Backbone(EfficientNetTrunk):
     Taps are the outputs of blocks 1, 7, 17, 25: (24, 48, 136, 384) channels at strides
     (2, 8, 16, 16). p7 is a linear-bottleneck output (no activation), so it can be negative.
     BN: PyTorch momentum 0.01, eps 1e-3 (the package's B3 values); trainable by default as in
-    PL-Mix (SPEC 2.6); ``trainable_bn=False`` normalises with running statistics instead.
+    PL-Mix (METHOD.md 2.6); ``trainable_bn=False`` normalises with running statistics instead.
     Stochastic depth rate 0.2 * idx / 26.
     """
 
@@ -110,5 +110,5 @@ class EfficientNetB3Backbone(EfficientNetTrunk):
 
 
 def effb3(trainable_bn: bool = True) -> EfficientNetB3Backbone:
-    """EfficientNet-B3 trunk of SPEC 2.1: output stride 16, taps (24, 48, 136, 384)."""
+    """EfficientNet-B3 trunk of METHOD.md 2.1: output stride 16, taps (24, 48, 136, 384)."""
     return EfficientNetB3Backbone(trainable_bn)

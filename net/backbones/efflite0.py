@@ -53,8 +53,8 @@ the batch means over all BNs is 0.23 with ReLU6 and 0.63 with swish (which also 
 'ballplayer' for a centre crop). CAMNet still normalises with ImageNet mean/std, as for every
 backbone (quirk Q15).
 BN: PyTorch momentum 0.01, eps 1e-3 (the package's values); trainable by default as in PL-Mix
-(SPEC 2.6); ``trainable_bn=False`` normalises with running statistics instead. Stochastic depth:
-block idx drops its residual branch with rate 0.2 * idx / 16, in train mode only.
+(METHOD.md 2.6); ``trainable_bn=False`` normalises with running statistics instead. Stochastic
+depth: block idx drops its residual branch with rate 0.2 * idx / 16, in train mode only.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ResNet backbones in torchvision's key layout, returning the four fusion/CAM taps (SPEC 2.7).
+"""ResNet backbones in torchvision's key layout, returning the four fusion/CAM taps (METHOD.md 2.7).
 
 Blocks are torchvision's own ``BasicBlock``/``Bottleneck``, so a torchvision ImageNet state dict
 loads with zero missing keys (its ``fc.*`` are reported as unexpected). Unlike torchvision the
@@ -82,7 +82,7 @@ class ResNetBackbone(nn.Module):
     """ResNet trunk without pooling/classifier: ``forward(x)`` -> (p1, p3, p5, p7).
 
     p1 = stem (conv1-bn1-relu-maxpool, stride 4), p3 = layer2, p5 = layer3, p7 = layer4, each
-    (N, tap_channels[i], H / stride, W / stride). layer1 runs but is not tapped (SPEC 2.7).
+    (N, tap_channels[i], H / stride, W / stride). layer1 runs but is not tapped (METHOD.md 2.7).
     """
 
     def __init__(self, name: str, block: type[BasicBlock | Bottleneck], layers: Sequence[int],

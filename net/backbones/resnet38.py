@@ -104,7 +104,7 @@ class ResBlockBottleneck(PreActBlock):
 
 
 class ResNet38Backbone(nn.Module):
-    """ResNet-38 trunk: ``forward(x)`` -> (p1, p3, p5, p7) as SEAM's conv3..conv6 (SPEC 2.7).
+    """ResNet-38 trunk: ``forward(x)`` -> (p1, p3, p5, p7) as SEAM's conv3..conv6 (METHOD.md 2.7).
 
     p1 = ReLU(b4.bn_branch2a(b3_2 output)): 256 ch, stride 4;
     p3 = ReLU(b5.bn_branch2a(b4_5 output)): 512 ch, stride 8;
