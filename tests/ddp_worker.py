@@ -48,7 +48,7 @@ def run_steps(args, same: bool) -> dict:
     draw_rank = 0 if same else rank
     seed_everything(args.seed)
     net = build_model(args, device)
-    model = wrap_ddp(TrainLosses(net), device)
+    model = wrap_ddp(TrainLosses(net))
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.wt_dec)
     train_ds, _ = build_loaders(args)
     losses = []

@@ -11,9 +11,9 @@ from efficientnet_pytorch.utils import Conv2dStaticSamePadding
 from torch import nn
 
 from net.backbones import BACKBONES, Backbone, build_backbone
-from net.backbones.resnet import FixedBatchNorm2d
 from net.backbones.resnet38 import mxnet_to_torch_name
 from net.cam_net import CAMNet
+from net.norm import FixedBatchNorm2d
 from net.weights import compare_keys, fill_bn_counters
 from tool import model_memory
 from tool.errors import UserError

@@ -130,8 +130,7 @@ def test_torchrun_sharded_inference_is_byte_identical(tiny_config, trained, tmp_
 
 
 def test_sync_batchnorm_converts_trainable_bn_only():
-    from net.backbones.resnet import FixedBatchNorm2d
-    from tool.dist import sync_batchnorm
+    from net.norm import FixedBatchNorm2d, sync_batchnorm
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.BatchNorm2d(3), FixedBatchNorm2d(3),
@@ -146,12 +145,14 @@ def test_sync_batchnorm_converts_trainable_bn_only():
 
 
 def test_single_process_helpers_are_identities(monkeypatch):
+    from tool.build import ddp_model
     from tool.dist import all_reduce_sum, init_distributed, wrap_ddp
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed(torch.device("cpu")) is False
     net = torch.nn.Linear(2, 2)
-    assert wrap_ddp(net, torch.device("cpu"), sync_bn=True) is net
+    assert wrap_ddp(net) is net
+    assert ddp_model(net, torch.device("cpu"), sync_bn=True) is net
     counts = np.arange(6).reshape(2, 3)
     assert all_reduce_sum(counts, torch.device("cpu")) is counts
 
@@ -159,16 +160,17 @@ def test_single_process_helpers_are_identities(monkeypatch):
 def test_wrap_ddp_in_a_process_group_and_sync_bn_on_cpu_error():
     import torch.distributed as dist
 
-    from tool.dist import cleanup_distributed, wrap_ddp
+    from tool.build import ddp_model
+    from tool.dist import cleanup_distributed
     from tool.errors import UserError
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3))
-        assert isinstance(wrap_ddp(net, torch.device("cpu")),
+        assert isinstance(ddp_model(net, torch.device("cpu")),
                           torch.nn.parallel.DistributedDataParallel)
         with pytest.raises(UserError, match="--sync_bn needs CUDA"):
-            wrap_ddp(net, torch.device("cpu"), sync_bn=True)
+            ddp_model(net, torch.device("cpu"), sync_bn=True)
     finally:
         cleanup_distributed()
 

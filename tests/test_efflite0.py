@@ -15,8 +15,8 @@ from torch import nn
 
 from net.backbones import BACKBONES, Backbone, build_backbone, weights_hint
 from net.backbones.efflite0 import PACKAGED, WEIGHT_FILE, packaged_weights
-from net.backbones.resnet import FixedBatchNorm2d
 from net.cam_net import CAMNet
+from net.norm import FixedBatchNorm2d
 from net.weights import read_state_dict
 from tool.errors import UserError
 

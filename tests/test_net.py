@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from net.backbones import BACKBONES, build_backbone
-from net.backbones.resnet import FixedBatchNorm2d
 from net.cam_net import CAMNet, pcm
+from net.norm import FixedBatchNorm2d
 from net.weights import load_cam_weights
 from tool.errors import UserError
 

@@ -50,7 +50,7 @@ def measure(config: str, voc12_root: str, iters: int, extra: list[str] | None = 
 
     cfg, device, net, (train_ds, _) = setup(config, voc12_root, extra)
     init_distributed(device)  # under torchrun; nothing otherwise
-    model = wrap_ddp(TrainLosses(net), device)
+    model = wrap_ddp(TrainLosses(net))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     # a small data set's batches are reused: the timings do not depend on the pixels
     batches = list(islice(cycle(epoch_loader(train_ds, cfg, 0)), iters + 1))

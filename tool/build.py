@@ -6,13 +6,15 @@ from argparse import Namespace
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data.datasets import MultiScaleDataset, TrainDataset, collate_train
 from data.voc import load_cls_labels, load_img_name_list
 from net.cam_net import CAMNet
+from net.norm import sync_batchnorm
 from net.weights import load_cam_weights
-from tool.dist import rank_world, shard
+from tool.dist import is_distributed, rank_world, shard, wrap_ddp
 from tool.errors import UserError
 from tool.runtime import amp_dtype
 
@@ -40,6 +42,17 @@ def build_model(args: Namespace, device: torch.device) -> CAMNet:
         load_cam_weights(model, args.weights)
     model.amp_dtype = amp_dtype(args.amp, args.amp_dtype, torch.device(device))
     return model.to(device)
+
+
+def ddp_model(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
+    """``module`` in DistributedDataParallel under torchrun (itself otherwise); with ``sync_bn``
+    its trainable BN layers first become SyncBatchNorm (``--sync_bn``, NCCL/CUDA only)."""
+    if sync_bn and is_distributed():
+        if device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA devices (SyncBatchNorm runs on NCCL only); "
+                            "drop the flag for Gloo/CPU runs")
+        module = sync_batchnorm(module)
+    return wrap_ddp(module)
 
 
 def build_loaders(args: Namespace) -> tuple[TrainDataset, MultiScaleDataset]:

@@ -14,8 +14,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tool.errors import UserError
-
 T = TypeVar("T")
 
 
@@ -58,18 +56,19 @@ def init_distributed(device: torch.device) -> bool:
     return True
 
 
-def _active() -> bool:
+def is_distributed() -> bool:
+    """True inside a joined process group (torchrun with more than one process)."""
     return dist.is_available() and dist.is_initialized()
 
 
 def cleanup_distributed() -> None:
-    if _active():
+    if is_distributed():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
     """Wait for every rank (e.g. until rank 0 has written the checkpoint)."""
-    if _active():
+    if is_distributed():
         dist.barrier()
 
 
@@ -79,7 +78,7 @@ def all_reduce_sum(values: np.ndarray, device: torch.device) -> np.ndarray:
     Integers stay integers, so summed confusion counts are exact. ``device`` is this rank's
     device: NCCL reduces CUDA tensors only.
     """
-    if not _active():
+    if not is_distributed():
         return values
     t = torch.tensor(values, device=device)  # a copy: ``values`` itself stays this rank's
     dist.all_reduce(t)
@@ -88,7 +87,7 @@ def all_reduce_sum(values: np.ndarray, device: torch.device) -> np.ndarray:
 
 def broadcast_object(obj: T) -> T:
     """Rank 0's ``obj`` on every rank (e.g. a checkpoint only rank 0's machine holds)."""
-    if not _active():
+    if not is_distributed():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -98,40 +97,17 @@ def broadcast_object(obj: T) -> T:
 def broadcast_buffers(module: nn.Module) -> None:
     """Give every rank rank 0's buffers (BN running statistics), so all ranks evaluate the
     very model rank 0 saves."""
-    if _active():
+    if is_distributed():
         for b in module.buffers():
             dist.broadcast(b, src=0)
 
 
-def wrap_ddp(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
+def wrap_ddp(module: nn.Module) -> nn.Module:
     """``module`` in DistributedDataParallel under torchrun; ``module`` itself otherwise.
 
     ``find_unused_parameters``: the view step leaves ``fc`` unused (its weight enters the CAM
     detached), and DDP must then leave its gradient at None, as a single process does.
     """
-    if not _active():
+    if not is_distributed():
         return module
-    if sync_bn:
-        if device.type != "cuda":
-            raise UserError("--sync_bn needs CUDA devices (SyncBatchNorm runs on NCCL only); "
-                            "drop the flag for Gloo/CPU runs")
-        module = sync_batchnorm(module)
     return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
-
-
-def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Trainable ``nn.BatchNorm2d`` layers -> ``SyncBatchNorm`` with the same state.
-
-    Unlike ``SyncBatchNorm.convert_sync_batchnorm`` this leaves frozen BN subclasses (which
-    always use running statistics) alone.
-    """
-    from net.backbones.resnet import replace_modules
-
-    def convert(bn: nn.BatchNorm2d) -> nn.Module:
-        sync = nn.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine,
-                                bn.track_running_stats)
-        sync.load_state_dict(bn.state_dict())
-        return sync.to(bn.weight.device if bn.affine else bn.running_mean.device)
-
-    replace_modules(module, nn.BatchNorm2d, convert)
-    return module

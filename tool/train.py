@@ -22,6 +22,7 @@ from tool.build import (
     build_model,
     check_batch_size,
     check_weights_given,
+    ddp_model,
     epoch_loader,
 )
 from tool.checkpoint import load_checkpoint, rng_states, save_checkpoint
@@ -36,7 +37,6 @@ from tool.dist import (
     is_main,
     local_device,
     rank_world,
-    wrap_ddp,
 )
 from tool.evaluation import parse_t_range
 from tool.metrics import LOSS_COLUMNS, write_metrics
@@ -76,7 +76,7 @@ def _train(args: Namespace, device: torch.device) -> dict:
              "best_score": args.MaxmIou if args.select_with_gt else 0.0}
     if args.resume:  # every rank continues from the same checkpoint
         state = resume(args, net, opt, sched, scaler)
-    model = wrap_ddp(TrainLosses(net), device, args.sync_bn)
+    model = ddp_model(TrainLosses(net), device, args.sync_bn)
     rank, world = rank_world()
     log.info("device %s x %d process(es), %d train images, %d val images%s, epochs %d..%d, "
              "run folder %s", device, world, len(train_ds), len(val_ds),

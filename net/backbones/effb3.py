@@ -22,7 +22,7 @@ from efficientnet_pytorch import EfficientNet, get_model_params
 from efficientnet_pytorch.utils import Conv2dStaticSamePadding
 from torch import nn
 
-from net.backbones.resnet import fix_batchnorm
+from net.norm import fix_batchnorm
 from net.weights import LoadReport, load_backbone_weights
 
 NAME = "effb3"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
+from net.norm import FixedBatchNorm2d
 from net.weights import LoadReport, load_backbone_weights
 from tool.errors import UserError
 
@@ -27,43 +27,6 @@ WEIGHT_FILES = {
     "resnet50": "resnet50-0676ba61.pth (V1) or the legacy resnet50-19c8e357.pth "
                 "(not the V2 resnet50-11ad3fa6.pth)",
 }
-
-
-class FixedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm that always normalises with its running statistics, as IRN/MuSCLe's ResNet.
-
-    Train mode neither uses batch statistics nor updates the running ones. ``weight`` and
-    ``bias`` stay trainable Parameters (IRN trains them too); the state dict keys are those of
-    ``nn.BatchNorm2d``, so ImageNet checkpoints load unchanged.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=False, eps=self.eps)
-
-
-def replace_modules(module: nn.Module, kind: type[nn.Module],
-                    make: Callable[[nn.Module], nn.Module]) -> None:
-    """Replace every submodule whose type is exactly ``kind`` by ``make(submodule)``.
-
-    Exact type, not isinstance: ``FixedBatchNorm2d`` subclasses ``nn.BatchNorm2d`` and must not
-    be converted again (to SyncBatchNorm, say).
-    """
-    for name, child in module.named_children():
-        if type(child) is kind:
-            setattr(module, name, make(child))
-        else:
-            replace_modules(child, kind, make)
-
-
-def fix_batchnorm(module: nn.Module) -> None:
-    """Replace every ``nn.BatchNorm2d`` below ``module`` by a FixedBatchNorm2d with its state."""
-    def freeze(bn: nn.Module) -> nn.Module:
-        fixed = FixedBatchNorm2d(bn.num_features, bn.eps, bn.momentum)
-        fixed.load_state_dict(bn.state_dict())
-        return fixed
-
-    replace_modules(module, nn.BatchNorm2d, freeze)
 
 
 def _make_layer(block: type[BasicBlock | Bottleneck], inplanes: int, planes: int, blocks: int,

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbones.resnet import FixedBatchNorm2d
+from net.norm import FixedBatchNorm2d
 from net.weights import LoadReport, load_backbone_weights, no_weights
 from tool.errors import UserError
 
