@@ -19,9 +19,10 @@ SECTIONS = ["run", "data", "model", "plmix", "eval", "infer"]
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml")
-    from net.weights import load_cam_weights, read_checkpoint
+    from net.weights import load_cam_weights
     from tool import infer
     from tool.build import build_model
+    from tool.checkpoint import read_checkpoint
     from tool.runtime import setup_logging
 
     setup_logging()  # before loading: the log names the keys a released checkpoint ignores

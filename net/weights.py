@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from tool.checkpoint import read_checkpoint
 from tool.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -57,26 +57,6 @@ def _first(keys: list[str]) -> str:
 def no_weights(path: str | os.PathLike | None) -> bool:
     """True for "no checkpoint": None, '' or the string 'None' of the released run scripts (Q7)."""
     return path in NO_WEIGHTS or (isinstance(path, str) and path.strip() in NO_WEIGHTS)
-
-
-def _torch_load(path: str) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Our own training checkpoints also hold non-tensor state (numpy RNG states, config);
-        # the user names the file explicitly, so a full unpickle is acceptable here.
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def read_checkpoint(path: str | os.PathLike) -> object:
-    """Load a checkpoint file as it was saved (UserError when missing or unreadable)."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        return _torch_load(path)
-    except Exception as e:  # any unreadable file is the user's input error
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
 
 
 def state_dict_of(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:

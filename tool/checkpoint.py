@@ -2,6 +2,8 @@
 improvement; each holds everything needed to continue the run exactly."""
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,28 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_save(path, lambda f: torch.save(state, f))
 
 
+def _torch_load(path: str) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Our own training checkpoints also hold non-tensor state (numpy RNG states, config);
+        # the user names the file explicitly, so a full unpickle is acceptable here.
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """Load a checkpoint file as it was saved (UserError when missing or unreadable)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return _torch_load(path)
+    except Exception as e:  # any unreadable file is the user's input error
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU, with one-line errors for missing or broken files."""
-    from net.weights import read_checkpoint
-
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} does not hold a dict")
