@@ -23,9 +23,9 @@ from data.voc import load_img_name_list
 from tool import eval_report as report
 from tool import evaluation as ev
 from tool import paired
-from tool.config import str2bool
-from tool.errors import UserError, cli_main
-from tool.fileio import save_text
+from tool.common.config import str2bool
+from tool.common.errors import UserError, cli_main
+from tool.common.fileio import save_text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from tool.config import parse_config_args
-from tool.errors import UserError, cli_main
+from tool.common.config import parse_config_args
+from tool.common.errors import UserError, cli_main
 
 SECTIONS = ["run", "data", "model", "plmix", "eval", "infer"]
 
@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     from net.weights import load_cam_weights
     from tool import infer
     from tool.build import build_model
-    from tool.checkpoint import read_checkpoint
-    from tool.runtime import setup_logging
+    from tool.common.checkpoint import read_checkpoint
+    from tool.common.runtime import setup_logging
 
     setup_logging()  # before loading: the log names the keys a released checkpoint ignores
     if not args.weights:

@@ -12,7 +12,7 @@ PY=${PY:-.venv/bin/python}
 NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per GPU); 1 = plain
 
 source tool/launcher.sh          # RUN: "$PY", or torchrun when NPROC > 1
-eval "$("$PY" -m tool.config --config "$CONFIG" --get voc12_root)"
+eval "$("$PY" -m tool.common.config --config "$CONFIG" --get voc12_root)"
 case "$CONFIG" in *toy*) [ -d "$VOC12_ROOT" ] || "$PY" -m data.toy_voc --out "$VOC12_ROOT" --seed 0;; esac
 
 "${RUN[@]}" train_mcl.py --config "$CONFIG" --backbone_weights "$BACKBONE_WEIGHTS" --device "$DEVICE" \

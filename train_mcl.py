@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from tool.config import parse_config_args
-from tool.errors import cli_main
+from tool.common.config import parse_config_args
+from tool.common.errors import cli_main
 
 SECTIONS = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "quirks"]
 

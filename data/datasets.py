@@ -27,7 +27,7 @@ from data.voc import (
     load_img_name_list,
     lookup_labels,
 )
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 PathLike = str | os.PathLike
 

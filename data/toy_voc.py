@@ -69,8 +69,8 @@ import numpy as np
 from PIL import Image
 
 from data.voc import CLASS_NAMES, save_label_png
-from tool.errors import UserError, cli_main
-from tool.fileio import atomic_save, save_npy_dict, save_text
+from tool.common.errors import UserError, cli_main
+from tool.common.fileio import atomic_save, save_npy_dict, save_text
 
 CLASSES = (  # (VOC class index, shape, texture, period in px at REF_LONG; spokes: nominal)
     (1, "triangle", "stripes45", 8.0), (2, "dumbbell", "crosshatch", 12.0),

@@ -16,7 +16,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from data.voc import IMAGENET_MEAN, IMAGENET_STD
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 
 @dataclass(frozen=True)

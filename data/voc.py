@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -113,7 +113,7 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
 
 def save_label_png(label: np.ndarray, path: str | os.PathLike) -> None:
     """Write an (H, W) uint8 label map as a VOC-palette PNG, atomically."""
-    from tool.fileio import atomic_save
+    from tool.common.fileio import atomic_save
 
     im = Image.fromarray(np.asarray(label, np.uint8), mode="P")
     im.putpalette(voc_palette())

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tool.checkpoint import read_checkpoint
-from tool.errors import UserError
+from tool.common.checkpoint import read_checkpoint
+from tool.common.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ def toy_voc(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(toy_voc, tmp_path):
-    from tool.config import BASE_CONFIG
+    from tool.common.config import BASE_CONFIG
 
     p = tmp_path / "tiny.yaml"
     p.write_text(TINY.format(base=BASE_CONFIG, out=tmp_path, voc=toy_voc))

@@ -9,10 +9,10 @@ import torch
 import infer_cam
 import train_mcl
 from net.cam_net import CAMNet
-from tool.checkpoint import load_checkpoint
-from tool.errors import UserError
-from tool.metrics import LOSS_COLUMNS, read_metrics
-from tool.runtime import amp_dtype
+from tool.common.checkpoint import load_checkpoint
+from tool.common.errors import UserError
+from tool.common.metrics import LOSS_COLUMNS, read_metrics
+from tool.common.runtime import amp_dtype
 
 
 def test_amp_dtype_choice():

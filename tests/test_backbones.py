@@ -16,7 +16,7 @@ from net.cam_net import CAMNet
 from net.norm import FixedBatchNorm2d
 from net.weights import compare_keys, fill_bn_counters
 from tool import model_memory
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 BN_STATS = ("weight", "bias", "running_mean", "running_var")
 

@@ -14,7 +14,7 @@ import eval_cam
 from tests.test_evaluation import random_case, run_cli, write_case
 from tool import evaluation as ev
 from tool import paired
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 # ---------------------------------------------------------------- brute force
 

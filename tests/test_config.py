@@ -5,8 +5,8 @@ import argparse
 
 import pytest
 
-from tool.config import CONFIG_DIR, leaves, load_config, parse_config_args, str2bool
-from tool.errors import UserError
+from tool.common.config import CONFIG_DIR, leaves, load_config, parse_config_args, str2bool
+from tool.common.errors import UserError
 
 ALL = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "infer", "quirks"]
 
@@ -72,7 +72,7 @@ def test_missing_config_file():
 
 
 def test_get_prints_shell_assignments(capsys):
-    from tool.config import main
+    from tool.common.config import main
 
     main(["--config", str(CONFIG_DIR / "voc12_effb3.yaml"), "--voc12_root", "/d/VOC 2012",
           "--get", "gt", "session_name"])

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from data import transforms as T
 from data.datasets import MultiScaleDataset, TrainDataset, collate_train
 from data.voc import IMAGENET_MEAN, IMAGENET_STD
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 # toy sizes (D2): every size is an argument
 TOY = dict(crop_size=128, view_size=64, resize_long=(128, 224), view_min_side=128)

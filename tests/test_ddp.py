@@ -15,7 +15,7 @@ import torch
 
 from tests import ddp_worker
 from tests.utils import rows_without_time, tree_bytes
-from tool.checkpoint import load_checkpoint
+from tool.common.checkpoint import load_checkpoint
 from tool.evaluation import parse_t_range
 from tool.validate import validate
 
@@ -146,7 +146,7 @@ def test_sync_batchnorm_converts_trainable_bn_only():
 
 def test_single_process_helpers_are_identities(monkeypatch):
     from tool.build import ddp_model
-    from tool.dist import all_reduce_sum, init_distributed, wrap_ddp
+    from tool.common.dist import all_reduce_sum, init_distributed, wrap_ddp
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed(torch.device("cpu")) is False
@@ -161,8 +161,8 @@ def test_wrap_ddp_in_a_process_group_and_sync_bn_on_cpu_error():
     import torch.distributed as dist
 
     from tool.build import ddp_model
-    from tool.dist import cleanup_distributed
-    from tool.errors import UserError
+    from tool.common.dist import cleanup_distributed
+    from tool.common.errors import UserError
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
@@ -193,7 +193,7 @@ def test_batch_size_is_checked_per_process(monkeypatch):
     from argparse import Namespace
 
     from tool.build import check_batch_size
-    from tool.errors import UserError
+    from tool.common.errors import UserError
 
     args = Namespace(batch_size=4, train_list="train_aug.txt")
     check_batch_size(args, 7)

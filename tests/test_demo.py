@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from tool import ablation, demo
-from tool.metrics import read_metrics
+from tool.common.metrics import read_metrics
 
 
 def test_demo_writes_summary_and_outputs(tiny_config, toy_voc, tmp_path, capsys):
@@ -48,7 +48,7 @@ def test_ablation_table(tiny_config, toy_voc, tmp_path):
 def test_ablation_unknown_regime(tmp_path):
     import pytest
 
-    from tool.errors import UserError
+    from tool.common.errors import UserError
 
     with pytest.raises(UserError, match="--regimes: unknown big"):
         ablation.main(["--regimes", "scratch,big", "--out", str(tmp_path)])

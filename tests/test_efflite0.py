@@ -18,7 +18,7 @@ from net.backbones.efflite0 import PACKAGED, WEIGHT_FILE, packaged_weights
 from net.cam_net import CAMNet
 from net.norm import FixedBatchNorm2d
 from net.weights import read_state_dict
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 HEAD = ["_bn1.bias", "_bn1.num_batches_tracked", "_bn1.running_mean", "_bn1.running_var",
         "_bn1.weight", "_conv_head.weight", "_fc.bias", "_fc.weight"]

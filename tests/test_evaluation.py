@@ -15,8 +15,8 @@ import eval_cam
 from data.voc import CAT_NAMES, save_label_png
 from tool import bench, bench_eval
 from tool import evaluation as ev
-from tool.errors import UserError, cli_main
-from tool.fileio import save_npy_dict
+from tool.common.errors import UserError, cli_main
+from tool.common.fileio import save_npy_dict
 
 REPO = Path(__file__).resolve().parent.parent
 CURVE = [i / 100 for i in range(-5, 60)]  # includes negative thresholds

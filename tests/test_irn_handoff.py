@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tool.fileio import save_npy_dict
+from tool.common.fileio import save_npy_dict
 from tool.msf import present_dict
 
 

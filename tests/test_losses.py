@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy.special import logsumexp
 
 from tool import losses as L
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 DT = torch.float64
 

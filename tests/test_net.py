@@ -12,7 +12,7 @@ from net.backbones import BACKBONES, build_backbone
 from net.cam_net import CAMNet, pcm
 from net.norm import FixedBatchNorm2d
 from net.weights import load_cam_weights
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 TOY = {"backbone": "resnet18", "width": 0.5, "strides": (2, 2, 1)}
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from data.voc import CLASS_NAMES, load_mask, save_label_png
 from tool import prepare_voc
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> (width, height, [(class, difficult), ...]); 2007_000009 is annotated but listed nowhere

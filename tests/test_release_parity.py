@@ -21,9 +21,9 @@ from data.voc import IMAGENET_MEAN, IMAGENET_STD
 from tool import losses as L
 from tool.build import build_loaders, build_model, epoch_loader
 from tool.camutils import color_denorm
-from tool.config import BASE_CONFIG, load_config, parse_config_args
+from tool.common.config import BASE_CONFIG, load_config, parse_config_args
+from tool.common.runtime import epoch_generators
 from tool.msf import msf_cams
-from tool.runtime import epoch_generators
 from tool.train_step import StepContext, TrainLosses, train_step
 
 

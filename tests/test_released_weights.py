@@ -16,7 +16,7 @@ import infer_cam
 import train_mcl
 from net.cam_net import CAMNet
 from net.weights import RELEASED_UNUSED, load_cam_weights
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 UNUSED = {"backbone._conv_head.weight", "backbone._bn1.weight", "backbone._bn1.bias",
           "backbone._bn1.running_mean", "backbone._bn1.running_var",

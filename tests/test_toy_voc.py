@@ -15,7 +15,7 @@ from PIL import Image
 
 from data import toy_voc
 from data.voc import load_cls_labels, load_img_name_list, load_mask, voc_palette
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 SEG = Path("ImageSets") / "Segmentation"
 SIZES = {"n_train_aug": 30, "n_train": 10, "n_val": 10}

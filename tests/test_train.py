@@ -12,9 +12,9 @@ import torch
 
 import train_mcl
 from tests.utils import rows_without_time
-from tool.checkpoint import load_checkpoint
-from tool.errors import UserError
-from tool.metrics import LOSS_COLUMNS, read_metrics
+from tool.common.checkpoint import load_checkpoint
+from tool.common.errors import UserError
+from tool.common.metrics import LOSS_COLUMNS, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

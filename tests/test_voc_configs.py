@@ -11,9 +11,9 @@ import torch
 
 import train_mcl
 from tool.build import build_loaders, build_model, epoch_loader
-from tool.config import CONFIG_DIR, load_config, parse_config_args
-from tool.errors import UserError
-from tool.runtime import epoch_generators
+from tool.common.config import CONFIG_DIR, load_config, parse_config_args
+from tool.common.errors import UserError
+from tool.common.runtime import epoch_generators
 from tool.train_step import StepContext, TrainLosses, train_step
 
 CONFIGS = ["voc12_effb3.yaml", "voc12_resnet50.yaml", "voc12_resnet38.yaml",

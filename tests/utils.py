@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tool.metrics import read_metrics
+from tool.common.metrics import read_metrics
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

@@ -23,11 +23,11 @@ import numpy as np
 
 from data.voc import load_img_name_list
 from tool import paired
-from tool.checkpoint import load_checkpoint
-from tool.config import load_config
+from tool.common.checkpoint import load_checkpoint
+from tool.common.config import load_config
+from tool.common.errors import UserError, cli_main
+from tool.common.fileio import atomic_save, save_text
 from tool.demo import infer_and_eval, train
-from tool.errors import UserError, cli_main
-from tool.fileio import atomic_save, save_text
 
 VARIANTS = (("MCL", "False"), ("MCL+PL-Mix", "True"))
 REGIMES = {"scratch": "configs/toy.yaml", "pretrained": "configs/toy_pretrained.yaml"}

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
-from tool.errors import UserError, cli_main
-from tool.fileio import save_text
+from tool.common.errors import UserError, cli_main
+from tool.common.fileio import save_text
 
 SECTIONS: dict[str, str] = {  # section name -> module
     "eval": "tool.bench_eval",
@@ -61,7 +61,7 @@ def worker_main(add_args: Callable[[argparse._ArgumentGroup], None],
                 measure: Callable[[argparse.Namespace], dict]) -> None:
     """Entry point of one torchrun benchmark process: parse the section's flags, ``measure``,
     and write the result to ``<--worker_out>/rank<R>.json``."""
-    from tool.dist import cleanup_distributed, rank_world
+    from tool.common.dist import cleanup_distributed, rank_world
 
     p = argparse.ArgumentParser()
     p.add_argument("--worker_out", required=True)

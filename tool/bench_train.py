@@ -11,10 +11,10 @@ import torch
 
 import train_mcl
 from tool.bench import print_table, torchrun_workers, worker_main
-from tool.config import parse_config_args
+from tool.common.config import parse_config_args
+from tool.common.dist import barrier, init_distributed, local_device, rank_world, wrap_ddp
+from tool.common.runtime import epoch_generators, resolve_device
 from tool.crf import CRFPool
-from tool.dist import barrier, init_distributed, local_device, rank_world, wrap_ddp
-from tool.runtime import epoch_generators, resolve_device
 
 # (label, epoch attribute at which the phase starts, overrides)
 PHASES = (("main pass (MCL)", None, {"plmix": False}),

@@ -14,9 +14,9 @@ from data.voc import load_cls_labels, load_img_name_list
 from net.cam_net import CAMNet
 from net.norm import sync_batchnorm
 from net.weights import load_cam_weights
-from tool.dist import is_distributed, rank_world, shard, wrap_ddp
-from tool.errors import UserError
-from tool.runtime import amp_dtype
+from tool.common.dist import is_distributed, rank_world, shard, wrap_ddp
+from tool.common.errors import UserError
+from tool.common.runtime import amp_dtype
 
 
 def check_weights_given(args: Namespace) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import eval_cam
 import infer_cam
 import train_mcl
-from tool.checkpoint import load_checkpoint, save_checkpoint
-from tool.config import load_config, parse_config_args
-from tool.errors import cli_main
-from tool.fileio import save_text
+from tool.common.checkpoint import load_checkpoint, save_checkpoint
+from tool.common.config import load_config, parse_config_args
+from tool.common.errors import cli_main
+from tool.common.fileio import save_text
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tool.errors import UserError
+from tool.common.errors import UserError
 from tool.evaluation import CurveResult
 
 
@@ -39,7 +39,7 @@ def save_curve_plot(res: CurveResult, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tool.fileio import atomic_save
+    from tool.common.fileio import atomic_save
 
     if res.best_t is None:
         raise UserError("--plot needs a threshold curve (--type npy)")
@@ -68,7 +68,7 @@ def log_record(res: CurveResult, comment: str, args: dict, when: str) -> str:
 
 def append_log(path: str | os.PathLike, record: str) -> None:
     """Append ``record`` to a text log by rewriting it atomically (never a torn record)."""
-    from tool.fileio import save_text
+    from tool.common.fileio import save_text
 
     path = Path(path)
     try:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from data.voc import CAT_NAMES, IGNORE_INDEX, NUM_CLASSES, load_mask
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 NUM_FG = NUM_CLASSES - 1
 NO_CLASS = NUM_CLASSES  # png-only confusion column: valid pixels predicted as a non-class value

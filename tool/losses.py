@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from data.voc import IGNORE_INDEX, NUM_CLASSES
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 MIX_SEG_KINDS = ("focal", "ce", "focal_ce")
 FIX_LOG_EPS = 1e-6  # log(P + eps) of the Q3 fix; P is exactly 0 for every absent-class pixel

@@ -19,7 +19,7 @@ import torch
 
 from net.backbones import build_backbone
 from net.cam_net import CAMNet
-from tool.errors import UserError, cli_main
+from tool.common.errors import UserError, cli_main
 
 MB = 2 ** 20
 # Table name -> (registered backbone, builder options).

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tool import evaluation as ev
-from tool.errors import UserError
+from tool.common.errors import UserError
 from tool.eval_report import format_t
 
 DEFAULT_RESAMPLES = 2000

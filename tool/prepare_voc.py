@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from data.voc import CLASS_NAMES, load_img_name_list, load_mask, save_label_png
-from tool.errors import UserError, cli_main
-from tool.fileio import save_npy_dict, save_text
+from tool.common.errors import UserError, cli_main
+from tool.common.fileio import save_npy_dict, save_text
 
 STANDARD_COUNTS = {"train_aug": 10582, "train": 1464, "val": 1449, "cls_labels": 12031}
 CLASS_INDEX = {name: i for i, name in enumerate(CLASS_NAMES)}

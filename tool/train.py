@@ -25,9 +25,8 @@ from tool.build import (
     ddp_model,
     epoch_loader,
 )
-from tool.checkpoint import load_checkpoint, rng_states, save_checkpoint
-from tool.crf import CRFPool
-from tool.dist import (
+from tool.common.checkpoint import load_checkpoint, rng_states, save_checkpoint
+from tool.common.dist import (
     all_reduce_sum,
     barrier,
     broadcast_buffers,
@@ -38,9 +37,10 @@ from tool.dist import (
     local_device,
     rank_world,
 )
+from tool.common.metrics import LOSS_COLUMNS, write_metrics
+from tool.common.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
+from tool.crf import CRFPool
 from tool.evaluation import parse_t_range
-from tool.metrics import LOSS_COLUMNS, write_metrics
-from tool.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
 from tool.train_step import StepContext, TrainLosses, train_step
 from tool.validate import validate
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from data.voc import load_mask
-from tool.dist import all_reduce_sum, rank_world
+from tool.common.dist import all_reduce_sum, rank_world
 from tool.evaluation import confusion_npy, miou_from_confusion
 from tool.msf import msf_cams, msf_scores, present_dict
 
@@ -85,7 +85,7 @@ def _validation_pass(model: torch.nn.Module, loader, gt_dir: str | Path | None,
 
 
 def _gather_rows(rows: np.ndarray, device: torch.device) -> np.ndarray:
-    """Every rank's rows of a list sharded with ``tool.dist.shard`` (rank r holds items
+    """Every rank's rows of a list sharded with ``tool.common.dist.shard`` (rank r holds items
     r, r + world, ...), in list order: scattered into zeros and summed over the ranks."""
     rank, world = rank_world()
     n_total = int(all_reduce_sum(np.array([len(rows)]), device)[0])
@@ -96,7 +96,8 @@ def _gather_rows(rows: np.ndarray, device: torch.device) -> np.ndarray:
 
 def validate(model: torch.nn.Module, loader, gt_dir: str | Path | None, thresholds: np.ndarray,
              device: torch.device, progress: bool = True) -> ValResult:
-    """Score ``loader`` (this rank's share of the list, see ``tool.dist.shard``) over all ranks.
+    """Score ``loader`` (this rank's share of the list, see ``tool.common.dist.shard``) over all
+    ranks.
 
     ``gt_dir`` None: the GT-free protocol (mAP only; no mask is opened).
     """

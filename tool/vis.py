@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from data.voc import voc_palette
-from tool.fileio import atomic_save
+from tool.common.fileio import atomic_save
 
 
 def heatmap(rgb: np.ndarray, cam_dict: dict[int, np.ndarray]) -> np.ndarray:

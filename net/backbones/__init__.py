@@ -23,7 +23,7 @@ from net.backbones.efflite0 import efflite0
 from net.backbones.resnet import resnet18, resnet50
 from net.backbones.resnet38 import resnet38
 from net.weights import LoadReport
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 
 @runtime_checkable

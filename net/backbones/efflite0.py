@@ -65,7 +65,7 @@ from torch import nn
 
 from net.backbones.effb3 import EfficientNetTrunk
 from net.weights import LoadReport, load_backbone_weights
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 NAME = "efflite0"
 MODEL = "efficientnet-b0"  # Lite0's blocks are B0's without SE (width and depth 1.0)

@@ -17,7 +17,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from net.norm import FixedBatchNorm2d
 from net.weights import LoadReport, load_backbone_weights
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 DEFAULT_STRIDES = (2, 2, 1)  # layer2..layer4; with the stem's 4 this is output stride 16
 

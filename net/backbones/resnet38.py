@@ -24,7 +24,7 @@ from torch import nn
 
 from net.norm import FixedBatchNorm2d
 from net.weights import LoadReport, load_backbone_weights, no_weights
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 NAME = "resnet38"
 WEIGHT_FILE = "ilsvrc-cls_rna-a1_cls1000_ep-0001.pth"

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from tool.errors import UserError
-from tool.fileio import atomic_save
+from tool.common.errors import UserError
+from tool.common.fileio import atomic_save
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ import csv
 import io
 from pathlib import Path
 
-from tool.fileio import save_text
+from tool.common.fileio import save_text
 
 # Epoch means of every loss term; 0 before the term's start epoch (METHOD.md 5.2).
 LOSS_COLUMNS = ("loss_cls", "loss_er", "loss_imc", "loss_mixseg", "loss_dice", "loss_iou",

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from tool.errors import UserError
+from tool.common.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
@@ -183,14 +183,15 @@ def dump_config(cfg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tool.config --config X [--flag V ...] --get key [key ...]``: print resolved
-    values as shell assignments (``INFER_LIST='...'``) for the run scripts."""
+    """``python -m tool.common.config --config X [--flag V ...] --get key [key ...]``: print
+    resolved values as shell assignments (``INFER_LIST='...'``) for the run scripts."""
     import shlex
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
     if "--get" not in argv:
-        raise UserError("usage: python -m tool.config --config FILE [--KEY VALUE ...] --get KEY...")
+        raise UserError("usage: python -m tool.common.config --config FILE [--KEY VALUE ...] "
+                        "--get KEY...")
     i = argv.index("--get")
     keys, rest = argv[i + 1:], argv[:i]
     pre = argparse.ArgumentParser(add_help=False)
@@ -204,6 +205,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from tool.errors import cli_main
+    from tool.common.errors import cli_main
 
     cli_main(main)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tool.errors import UserError
+from tool.common.errors import UserError
 
 log = logging.getLogger("plmix")
 
