@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml")
     from net.weights import load_cam_weights
-    from tool import infer
-    from tool.build import build_model
+    from tool.cam import infer
+    from tool.cam.build import build_model
     from tool.common.checkpoint import read_checkpoint
     from tool.common.runtime import setup_logging
 

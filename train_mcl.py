@@ -22,7 +22,7 @@ def _extra(p) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml", _extra)
-    from tool import train
+    from tool.cam import train
 
     return train.run(args)
 

@@ -19,13 +19,13 @@ import torch
 
 import train_mcl
 from data.datasets import collate_train
-from tool.build import build_loaders, build_model, epoch_loader
+from tool.cam.build import build_loaders, build_model, epoch_loader
+from tool.cam.step import StepContext, TrainLosses, train_step
+from tool.cam.validate import validate
 from tool.common.config import parse_config_args
 from tool.common.dist import cleanup_distributed, init_distributed, rank_world, wrap_ddp
 from tool.common.runtime import epoch_generators, seed_everything
 from tool.evaluation import parse_t_range
-from tool.train_step import StepContext, TrainLosses, train_step
-from tool.validate import validate
 
 EPOCHS = (0, 1)  # tiny config: epoch 0 = MCL + IMC + mix branch; epoch 1 adds aug, views, EMD
 

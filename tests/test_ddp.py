@@ -15,9 +15,9 @@ import torch
 
 from tests import ddp_worker
 from tests.utils import rows_without_time, tree_bytes
+from tool.cam.validate import validate
 from tool.common.checkpoint import load_checkpoint
 from tool.evaluation import parse_t_range
-from tool.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -107,7 +107,7 @@ def test_distributed_validation_equals_single_process(tiny_config, toy_voc, trai
     worker("validate", tiny_config, tmp_path / "d", *extra)
     got = np.load(tmp_path / "d" / "val.npz")
     args = ddp_worker.parse(str(tiny_config), extra)
-    from tool.build import build_loaders, build_model
+    from tool.cam.build import build_loaders, build_model
 
     loader = torch.utils.data.DataLoader(build_loaders(args)[1], batch_size=None)
     want = validate(build_model(args, "cpu"), loader, args.gt, parse_t_range(args.val_t_range),
@@ -145,7 +145,7 @@ def test_sync_batchnorm_converts_trainable_bn_only():
 
 
 def test_single_process_helpers_are_identities(monkeypatch):
-    from tool.build import ddp_model
+    from tool.cam.build import ddp_model
     from tool.common.dist import all_reduce_sum, init_distributed, wrap_ddp
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -160,7 +160,7 @@ def test_single_process_helpers_are_identities(monkeypatch):
 def test_wrap_ddp_in_a_process_group_and_sync_bn_on_cpu_error():
     import torch.distributed as dist
 
-    from tool.build import ddp_model
+    from tool.cam.build import ddp_model
     from tool.common.dist import cleanup_distributed
     from tool.common.errors import UserError
 
@@ -192,7 +192,7 @@ def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
 def test_batch_size_is_checked_per_process(monkeypatch):
     from argparse import Namespace
 
-    from tool.build import check_batch_size
+    from tool.cam.build import check_batch_size
     from tool.common.errors import UserError
 
     args = Namespace(batch_size=4, train_list="train_aug.txt")

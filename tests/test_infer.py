@@ -11,7 +11,7 @@ from PIL import Image
 import infer_cam
 from data.voc import load_cls_labels, load_img_name_list
 from tests.utils import tree_bytes
-from tool import infer
+from tool.cam import infer
 from tool.common import fileio
 
 

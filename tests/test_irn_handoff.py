@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tool.cam.msf import present_dict
 from tool.common.fileio import save_npy_dict
-from tool.msf import present_dict
 
 
 def irn_read_cams(path, size_hw):

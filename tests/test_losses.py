@@ -1,4 +1,5 @@
-"""tool/losses.py against independent references: explicit loops, plain numpy, hand-made cases."""
+"""tool/cam/losses.py against independent references: explicit loops, plain numpy, hand-made
+cases."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import logsumexp
 
-from tool import losses as L
+from tool.cam import losses as L
 from tool.common.errors import UserError
 
 DT = torch.float64

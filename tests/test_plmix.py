@@ -1,4 +1,4 @@
-"""PL-Mix operations (tool/plmix.py) and the dense CRF (tool/crf.py); answers known by
+"""PL-Mix operations (tool/cam/plmix.py) and the dense CRF (tool/crf.py); answers known by
 construction. Small sizes: the whole file runs in a few seconds on 2 cores."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from pydensecrf.utils import unary_from_softmax
 
-from tool import plmix
-from tool.camutils import cam_maxnorm
+from tool.cam import plmix
+from tool.cam.camutils import cam_maxnorm
 from tool.crf import CRFPool, crf_labels, crf_labels_full, crf_marginals, dense_crf, softmax_unary
 
 T16 = 0.300048828125  # float16(0.30), the nearest half to 0.30 (Q21)

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 import train_mcl
 from data.transforms import _normalize_lut
 from data.voc import IMAGENET_MEAN, IMAGENET_STD
-from tool import losses as L
-from tool.build import build_loaders, build_model, epoch_loader
-from tool.camutils import color_denorm
+from tool.cam import losses as L
+from tool.cam.build import build_loaders, build_model, epoch_loader
+from tool.cam.camutils import color_denorm
+from tool.cam.msf import msf_cams
+from tool.cam.step import StepContext, TrainLosses, train_step
 from tool.common.config import BASE_CONFIG, load_config, parse_config_args
 from tool.common.runtime import epoch_generators
-from tool.msf import msf_cams
-from tool.train_step import StepContext, TrainLosses, train_step
 
 
 def test_color_denorm_all_768_pairs_match_float64():

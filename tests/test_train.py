@@ -148,7 +148,7 @@ def test_gt_free_protocol_reads_no_mask(tiny_config, toy_voc, tmp_path):
 
 
 def test_mean_average_precision_by_hand():
-    from tool.validate import mean_average_precision
+    from tool.cam.validate import mean_average_precision
 
     scores = np.array([[0.9, 0.1], [0.8, 0.4], [0.7, 0.3], [0.6, 0.2]])
     labels = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])  # class 2 has no positive: left out

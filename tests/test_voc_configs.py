@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import train_mcl
-from tool.build import build_loaders, build_model, epoch_loader
+from tool.cam.build import build_loaders, build_model, epoch_loader
+from tool.cam.step import StepContext, TrainLosses, train_step
 from tool.common.config import CONFIG_DIR, load_config, parse_config_args
 from tool.common.errors import UserError
 from tool.common.runtime import epoch_generators
-from tool.train_step import StepContext, TrainLosses, train_step
 
 CONFIGS = ["voc12_effb3.yaml", "voc12_resnet50.yaml", "voc12_resnet38.yaml",
            "toy_pretrained.yaml"]

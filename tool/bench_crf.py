@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import torch
 
+from tool.cam.plmix import pseudo_label_maps
 from tool.crf import CRFPool, crf_labels_full
-from tool.plmix import pseudo_label_maps
 
 # How many classes an image has, as on VOC train_aug (1-6 per image, mean 1.56: METHOD.md 1.2);
 # the CRF's cost depends on it through the number of labels it keeps.

@@ -17,8 +17,8 @@ def add_args(group: argparse._ArgumentGroup) -> None:
 
 def measure(config: str, voc12_root: str) -> dict:
     """Images this process inferred (its shard under torchrun) and the seconds it took."""
-    from tool import infer
     from tool.bench_train import setup
+    from tool.cam import infer
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg, _, model, _ = setup(config, voc12_root, ["--out_npy", tmp])

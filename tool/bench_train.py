@@ -33,7 +33,7 @@ def add_args(group: argparse._ArgumentGroup) -> None:
 
 def setup(config: str, voc12_root: str, extra: list[str] | None = None):
     """(config namespace, device, model, (train set, val set)) with a fixed random init."""
-    from tool.build import build_loaders, build_model
+    from tool.cam.build import build_loaders, build_model
 
     cfg = parse_config_args(["--config", config, "--voc12_root", voc12_root, *(extra or [])],
                             train_mcl.SECTIONS + ["infer"], "", config)
@@ -45,8 +45,8 @@ def setup(config: str, voc12_root: str, extra: list[str] | None = None):
 def measure(config: str, voc12_root: str, iters: int, extra: list[str] | None = None) -> dict:
     """Seconds per iteration of every phase; under torchrun, of the DDP step on each rank's own
     data (all ranks step together: the gradient all-reduce synchronises them)."""
-    from tool.build import epoch_loader
-    from tool.train_step import StepContext, TrainLosses, train_step
+    from tool.cam.build import epoch_loader
+    from tool.cam.step import StepContext, TrainLosses, train_step
 
     cfg, device, net, (train_ds, _) = setup(config, voc12_root, extra)
     init_distributed(device)  # under torchrun; nothing otherwise

@@ -38,7 +38,7 @@ def save_untrained(cfg: str, out: Path, voc: str) -> Path:
     """The randomly initialised network of the same seed, as a checkpoint for inference."""
     import torch
 
-    from tool.build import build_model
+    from tool.cam.build import build_model
 
     path = out / "untrained.ckpt"
     if not path.exists():

@@ -17,12 +17,12 @@ from tqdm import tqdm
 
 from data.datasets import MultiScaleDataset
 from data.voc import image_path, load_cls_labels, load_image, load_img_name_list, save_label_png
+from tool.cam.msf import msf_cams, present_dict
+from tool.cam.vis import save_overlay
 from tool.common.dist import local_device, rank_world, shard
 from tool.common.fileio import save_npy_dict
 from tool.common.runtime import resolve_device, setup_logging
 from tool.crf import crf_labels, crf_params
-from tool.msf import msf_cams, present_dict
-from tool.vis import save_overlay
 
 log = logging.getLogger("plmix")
 

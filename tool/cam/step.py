@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tool import losses as L
-from tool import plmix
-from tool.camutils import cam_maxnorm, cam_softmaxnorm, color_denorm
+from tool.cam import losses as L
+from tool.cam import plmix
+from tool.cam.camutils import cam_maxnorm, cam_softmaxnorm, color_denorm
 from tool.crf import crf_params
 
 

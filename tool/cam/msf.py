@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 
-from tool.camutils import minmax_norm
+from tool.cam.camutils import minmax_norm
 
 
 def _to_original(maps: torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tool.build import (
+from tool.cam.build import (
     build_loaders,
     build_model,
     check_batch_size,
@@ -25,6 +25,8 @@ from tool.build import (
     ddp_model,
     epoch_loader,
 )
+from tool.cam.step import StepContext, TrainLosses, train_step
+from tool.cam.validate import validate
 from tool.common.checkpoint import load_checkpoint, rng_states, save_checkpoint
 from tool.common.dist import (
     all_reduce_sum,
@@ -41,8 +43,6 @@ from tool.common.metrics import LOSS_COLUMNS, write_metrics
 from tool.common.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
 from tool.crf import CRFPool
 from tool.evaluation import parse_t_range
-from tool.train_step import StepContext, TrainLosses, train_step
-from tool.validate import validate
 
 log = logging.getLogger("plmix")
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from tool.camutils import cam_maxnorm
+from tool.cam.camutils import cam_maxnorm
 from tool.crf import CRFPool
 
 LABEL_INTERP = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT}
