@@ -7,7 +7,7 @@ is always ``mIoU: XX.XX% at t=T``; for ``--type png``, which has no threshold, T
     python eval_cam.py --list train.txt --predict_dir out_sgc --gt_dir SegmentationClass --curve
 
 ``--compare DIR_A DIR_B`` (instead of ``--predict_dir``) is a paired comparison of two folders
-(tool/paired.py: paired t-test on per-image mIoU, bootstrap CI of the mIoU difference); its
+(tool/eval/paired.py: paired t-test on per-image mIoU, bootstrap CI of the mIoU difference); its
 last line is ``paired: A-B mIoU diff +X.XX pp, 95% CI [lo, hi], p=P (n images)``.
 """
 from __future__ import annotations
@@ -20,12 +20,11 @@ import time
 from collections.abc import Sequence
 
 from data.voc import load_img_name_list
-from tool import eval_report as report
-from tool import evaluation as ev
-from tool import paired
 from tool.common.config import str2bool
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import save_text
+from tool.eval import evaluation as ev
+from tool.eval import paired, report
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from tool.cam.validate import validate
 from tool.common.config import parse_config_args
 from tool.common.dist import cleanup_distributed, init_distributed, rank_world, wrap_ddp
 from tool.common.runtime import epoch_generators, seed_everything
-from tool.evaluation import parse_t_range
+from tool.eval.evaluation import parse_t_range
 
 EPOCHS = (0, 1)  # tiny config: epoch 0 = MCL + IMC + mix branch; epoch 1 adds aug, views, EMD
 

@@ -1,4 +1,4 @@
-"""tool/paired.py and ``eval_cam.py --compare``: per-image scores, paired t-test and bootstrap
+"""tool/eval/paired.py and ``eval_cam.py --compare``: per-image scores, paired t-test and bootstrap
 CI against brute force and hand-computed values."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from scipy import stats
 
 import eval_cam
 from tests.test_evaluation import random_case, run_cli, write_case
-from tool import evaluation as ev
-from tool import paired
 from tool.common.errors import UserError
+from tool.eval import evaluation as ev
+from tool.eval import paired
 
 # ---------------------------------------------------------------- brute force
 

@@ -17,7 +17,7 @@ from tests import ddp_worker
 from tests.utils import rows_without_time, tree_bytes
 from tool.cam.validate import validate
 from tool.common.checkpoint import load_checkpoint
-from tool.evaluation import parse_t_range
+from tool.eval.evaluation import parse_t_range
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -1,4 +1,4 @@
-"""tool/evaluation.py and eval_cam.py against a brute-force copy of the reference semantics."""
+"""tool/eval/evaluation.py and eval_cam.py against a brute-force copy of the reference semantics."""
 from __future__ import annotations
 
 import json
@@ -14,9 +14,9 @@ from PIL import Image
 import eval_cam
 from data.voc import CAT_NAMES, save_label_png
 from tool import bench, bench_eval
-from tool import evaluation as ev
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import save_npy_dict
+from tool.eval import evaluation as ev
 
 REPO = Path(__file__).resolve().parent.parent
 CURVE = [i / 100 for i in range(-5, 60)]  # includes negative thresholds

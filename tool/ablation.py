@@ -1,6 +1,6 @@
 """Toy ablation (``make ablation``): the MCL baseline (mix branch off) against MCL + PL-Mix, in two
 regimes, for several seeds, each evaluated on the held-out toy ``val`` split at its own selected
-threshold, with a paired test per seed (tool/paired.py).
+threshold, with a paired test per seed (tool/eval/paired.py).
 
 Regimes: ``scratch`` (configs/toy.yaml: a small ResNet from random initialisation at 30x the
 released learning rate) and ``pretrained`` (configs/toy_pretrained.yaml: an ImageNet-pretrained
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from data.voc import load_img_name_list
-from tool import paired
 from tool.common.checkpoint import load_checkpoint
 from tool.common.config import load_config
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import atomic_save, save_text
 from tool.demo import infer_and_eval, train
+from tool.eval import paired
 
 VARIANTS = (("MCL", "False"), ("MCL+PL-Mix", "True"))
 REGIMES = {"scratch": "configs/toy.yaml", "pretrained": "configs/toy_pretrained.yaml"}

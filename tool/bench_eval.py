@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image
 
 from data.voc import load_img_name_list, load_mask, save_label_png
-from tool import eval_report as report
-from tool import evaluation as ev
 from tool.bench import ensure_toy_voc, print_table
 from tool.common.fileio import save_npy_dict
+from tool.eval import evaluation as ev
+from tool.eval import report
 
 TARGET_SPEEDUP = 20.0
 

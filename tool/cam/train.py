@@ -42,7 +42,7 @@ from tool.common.dist import (
 from tool.common.metrics import LOSS_COLUMNS, write_metrics
 from tool.common.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
 from tool.crf import CRFPool
-from tool.evaluation import parse_t_range
+from tool.eval.evaluation import parse_t_range
 
 log = logging.getLogger("plmix")
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from data.voc import load_mask
 from tool.cam.msf import msf_cams, msf_scores, present_dict
 from tool.common.dist import all_reduce_sum, rank_world
-from tool.evaluation import confusion_npy, miou_from_confusion
+from tool.eval.evaluation import confusion_npy, miou_from_confusion
 
 
 @dataclass

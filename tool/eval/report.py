@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from tool.common.errors import UserError
-from tool.evaluation import CurveResult
+from tool.eval.evaluation import CurveResult
 
 
 def format_t(t: float | None) -> str:

@@ -1,7 +1,7 @@
 """Paired comparison of two prediction folders on the same images and GT (``eval_cam.py
 --compare``): is method A better than method B, beyond image-to-image noise?
 
-Two complementary numbers, both on the same per-image confusion matrices (tool/evaluation.py
+Two complementary numbers, both on the same per-image confusion matrices (tool/eval/evaluation.py
 semantics: npy dicts at one background threshold per folder, png label maps as they are):
 
 * paired t-test on a per-image score, as the released ``t_statistic.py`` does (scipy
@@ -14,7 +14,7 @@ semantics: npy dicts at one background threshold per folder, png label maps as t
   recomputed. Resamples are count weights (B, n) contracted with the stacked per-image
   confusions in chunks, so no Python loop runs per resample and memory stays bounded.
 
-    from tool import paired
+    from tool.eval import paired
     res = paired.compare_folders(names, "out_a", "out_b", "VOC2012/SegmentationClass",
                                  kind="npy", t_a=0.30, t_b=0.25)
     res.to_json()  # {"n", "mean_diff", "t", "p_value", "ci95", "miou_a", "miou_b", ...}
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tool import evaluation as ev
 from tool.common.errors import UserError
-from tool.eval_report import format_t
+from tool.eval import evaluation as ev
+from tool.eval.report import format_t
 
 DEFAULT_RESAMPLES = 2000
 BOOT_CHUNK = 256  # resamples per contraction: (256, n) weights, ~22 MB for 10582 images
@@ -70,7 +70,7 @@ def per_image_confusions(names: Sequence[str], predict_dir: str | os.PathLike,
     """Confusion of every ``<predict_dir>/<name>.<kind>`` against ``<gt_dir>/<name>.png``.
 
     kind npy needs the background threshold t (one per folder); png ignores it. Returns int64
-    (n, 21, 21) for npy or (n, 21, 22) for png (extra no-class column, see tool/evaluation.py),
+    (n, 21, 21) for npy or (n, 21, 22) for png (extra no-class column, see tool/eval/evaluation.py),
     in the order of ``names``. num_workers: processes (default min(8, cpus); 0 or 1 = here).
     File errors are UserErrors naming the file, raised in the caller even from a worker.
     """
