@@ -31,10 +31,10 @@ toy: $(VENV)/.req-installed
 	else $(PY) -m data.toy_voc --out $(TOY) --seed 0; fi
 
 demo: toy
-	$(PY) -m tool.demo --voc12_root $(TOY)
+	$(PY) -m tool.dev.demo --voc12_root $(TOY)
 
 demo-pretrained: toy
-	$(PY) -m tool.demo --voc12_root $(TOY) --config configs/toy_pretrained.yaml --out runs/demo_pretrained
+	$(PY) -m tool.dev.demo --voc12_root $(TOY) --config configs/toy_pretrained.yaml --out runs/demo_pretrained
 
 test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
@@ -44,10 +44,10 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 
 bench: toy
-	$(PY) -m tool.bench
+	$(PY) -m tool.dev.bench
 
 ablation: toy
-	$(PY) -m tool.ablation --voc12_root $(TOY)
+	$(PY) -m tool.dev.ablation --voc12_root $(TOY)
 
 clean-runs:
 	rm -rf runs

@@ -118,7 +118,7 @@ def main_compare(args: argparse.Namespace) -> paired.PairedResult:
 
 
 def main(argv: list[str] | None = None) -> ev.CurveResult | paired.PairedResult:
-    """Run the evaluator; returns the result for in-process callers (tool/demo.py)."""
+    """Run the evaluator; returns the result for in-process callers (tool/dev/demo.py)."""
     args = build_parser().parse_args(argv)
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be >= 0, got {args.num_workers}")

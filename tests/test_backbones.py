@@ -15,8 +15,8 @@ from net.backbones.resnet38 import mxnet_to_torch_name
 from net.cam_net import CAMNet
 from net.norm import FixedBatchNorm2d
 from net.weights import compare_keys, fill_bn_counters
-from tool import model_memory
 from tool.common.errors import UserError
+from tool.dev import model_memory
 
 BN_STATS = ("weight", "bias", "running_mean", "running_var")
 

@@ -176,7 +176,7 @@ def test_wrap_ddp_in_a_process_group_and_sync_bn_on_cpu_error():
 
 
 def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
-    from tool import bench
+    from tool.dev import bench
 
     res = bench.main(["--only", "train,infer", "--voc12_root", str(toy_voc),
                       "--train_config", str(tiny_config), "--train_iters", "1",

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from tool import ablation, demo
 from tool.common.metrics import read_metrics
+from tool.dev import ablation, demo
 
 
 def test_demo_writes_summary_and_outputs(tiny_config, toy_voc, tmp_path, capsys):

@@ -13,9 +13,9 @@ from PIL import Image
 
 import eval_cam
 from data.voc import CAT_NAMES, save_label_png
-from tool import bench, bench_eval
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import save_npy_dict
+from tool.dev import bench, bench_eval
 from tool.eval import evaluation as ev
 
 REPO = Path(__file__).resolve().parent.parent

@@ -332,7 +332,7 @@ def test_pool_matches_in_process():
 
 
 def test_bench_crf_smoke():
-    from tool.bench_crf import bench_crf
+    from tool.dev.bench_crf import bench_crf
 
     res = bench_crf(batch=2, size=48, workers=0, repeats=1, layout="train")
     assert res["maps"] == 4 and res["merge"]["agreement"] == 1.0

@@ -1,4 +1,4 @@
-"""tool.prepare_voc on a hand-made miniature VOC2012 devkit + SBD ``dataset/`` folder."""
+"""data.prepare_voc on a hand-made miniature VOC2012 devkit + SBD ``dataset/`` folder."""
 from __future__ import annotations
 
 import subprocess
@@ -11,8 +11,8 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
+from data import prepare_voc
 from data.voc import CLASS_NAMES, load_mask, save_label_png
-from tool import prepare_voc
 from tool.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def test_broken_input_gives_one_clear_line(devkit, tmp_path, breaker, message):
 def test_cli_exit_code_and_stderr(devkit, tmp_path):
     voc, sbd = devkit
     break_missing_xml(voc, sbd)
-    r = subprocess.run([sys.executable, "-m", "tool.prepare_voc", "--voc12_root", str(voc),
+    r = subprocess.run([sys.executable, "-m", "data.prepare_voc", "--voc12_root", str(voc),
                         "--sbd_root", str(sbd), "--out_dir", str(tmp_path / "out")],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2

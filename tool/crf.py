@@ -14,7 +14,7 @@ per-pixel normaliser. ``absent="merge"`` (default) therefore replaces the m abse
 aggregate label with unary u_abs - log(m) and Potts weights w / m: it carries exactly their
 total mass, so every normaliser, hence every kept marginal, equals the 21-label CRF's up to
 float32 rounding. ``absent="drop"`` removes them outright: the kept marginals then grow by a
-per-pixel factor, the messages shift and about 1 % of the pixels can change (tool.bench_crf).
+per-pixel factor, the messages shift and about 1 % of the pixels can change (tool.dev.bench_crf).
 
 ``CRFPool`` runs a batch of images in worker processes (created once, reused across calls).
 """

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 import time
 
-from tool.bench import print_table, torchrun_workers, worker_main
+from tool.dev.bench import print_table, torchrun_workers, worker_main
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -17,8 +17,8 @@ def add_args(group: argparse._ArgumentGroup) -> None:
 
 def measure(config: str, voc12_root: str) -> dict:
     """Images this process inferred (its shard under torchrun) and the seconds it took."""
-    from tool.bench_train import setup
     from tool.cam import infer
+    from tool.dev.bench_train import setup
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg, _, model, _ = setup(config, voc12_root, ["--out_npy", tmp])
@@ -34,9 +34,10 @@ def run(args: argparse.Namespace) -> dict:
     runs = {"1 process": [measure(args.infer_config, args.voc12_root)]}
     if procs > 1:
         flags = ["--infer_config", args.infer_config, "--voc12_root", args.voc12_root]
-        runs["1 process, 1/N cores"] = torchrun_workers("tool.bench_infer", 1, flags,
+        runs["1 process, 1/N cores"] = torchrun_workers("tool.dev.bench_infer", 1, flags,
                                                         share=procs)
-        runs[f"{procs} processes (sharded)"] = torchrun_workers("tool.bench_infer", procs, flags)
+        runs[f"{procs} processes (sharded)"] = torchrun_workers("tool.dev.bench_infer", procs,
+                                                                flags)
     rows, res = [], {}
     for name, ranks in runs.items():
         n, s = sum(r["images"] for r in ranks), max(r["seconds"] for r in ranks)

@@ -1,4 +1,5 @@
-"""Estimate training memory per backbone: ``python -m tool.model_memory [--crop 448] [--size 112]``.
+"""Estimate training memory per backbone:
+``python -m tool.dev.model_memory [--crop 448] [--size 112]``.
 
 For each backbone's CAMNet, one train-mode 'cam' forward + backward at ``size`` x ``size``
 (batch 1, CPU) records the tensors autograd saves for backward (saved_tensors_hooks; each
@@ -89,7 +90,7 @@ def markdown(rows: list[dict], crop: int, size: int) -> str:
               f"{r['act_mb']:.0f} | {r['affinity_mb']:.0f} | {r['train_state_mb']:.0f} |"
               for r in rows]
     lines.append(f"\nActivations: measured at {size}x{size} (batch 1, train mode) and scaled to "
-                 f"{crop}x{crop}; an estimate (see tool/model_memory.py).")
+                 f"{crop}x{crop}; an estimate (see tool/dev/model_memory.py).")
     return "\n".join(lines)
 
 

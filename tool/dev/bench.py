@@ -1,4 +1,4 @@
-"""Benchmark runner: ``python -m tool.bench [--only eval[,other]] [--json PATH]``.
+"""Benchmark runner: ``python -m tool.dev.bench [--only eval[,other]] [--json PATH]``.
 
 A section is a module in SECTIONS with ``run(args) -> dict`` (prints its own small table and
 returns its numbers) and, optionally, ``add_args(group)`` for options of its own, named with
@@ -22,10 +22,10 @@ from tool.common.errors import UserError, cli_main
 from tool.common.fileio import save_text
 
 SECTIONS: dict[str, str] = {  # section name -> module
-    "eval": "tool.bench_eval",
-    "crf": "tool.bench_crf",
-    "train": "tool.bench_train",
-    "infer": "tool.bench_infer",
+    "eval": "tool.dev.bench_eval",
+    "crf": "tool.dev.bench_crf",
+    "train": "tool.dev.bench_train",
+    "infer": "tool.dev.bench_infer",
 }
 
 

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from data.voc import load_img_name_list, load_mask, save_label_png
-from tool.bench import ensure_toy_voc, print_table
 from tool.common.fileio import save_npy_dict
+from tool.dev.bench import ensure_toy_voc, print_table
 from tool.eval import evaluation as ev
 from tool.eval import report
 

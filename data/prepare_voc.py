@@ -3,7 +3,7 @@
 Writes ``cls_labels.npy``, ``{train_aug,train,val}.txt`` and, with ``--aug_masks``,
 ``SegmentationClassAug/``.
 
-``python -m tool.prepare_voc --voc12_root VOC2012 --sbd_root SBD/dataset --out_dir data
+``python -m data.prepare_voc --voc12_root VOC2012 --sbd_root SBD/dataset --out_dir data
 [--aug_masks]``. Lists, annotations and JPEGs are all checked before anything is written;
 masks as they are converted (METHOD.md 1.1, 1.2).
 """

@@ -1,7 +1,8 @@
 """Benchmark: the released CRF loop (21 labels, one image after another) against ours (background
 + present classes, ``CRFPool`` worker processes), on a synthetic but realistic batch.
 
-    python -m tool.bench_crf [--batch 4] [--size 448] [--workers 2] [--repeats 3] [--layout train]
+    python -m tool.dev.bench_crf [--batch 4] [--size 448] [--workers 2] [--repeats 3] \
+        [--layout train]
 
 ``--layout train`` reproduces the training call: N own maps plus N partner maps over the same N
 images (the partner batch is a permutation of the own batch).
@@ -131,7 +132,7 @@ def bench_crf(batch: int = 4, size: int = 448, workers: int = 2, repeats: int = 
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
-    """Options of the ``crf`` section of ``python -m tool.bench``."""
+    """Options of the ``crf`` section of ``python -m tool.dev.bench``."""
     group.add_argument("--crf_batch", type=int, default=4)
     group.add_argument("--crf_size", type=int, default=448)
     group.add_argument("--crf_workers", type=int, default=2)

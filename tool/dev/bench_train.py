@@ -10,11 +10,11 @@ from itertools import cycle, islice
 import torch
 
 import train_mcl
-from tool.bench import print_table, torchrun_workers, worker_main
 from tool.common.config import parse_config_args
 from tool.common.dist import barrier, init_distributed, local_device, rank_world, wrap_ddp
 from tool.common.runtime import epoch_generators, resolve_device
 from tool.crf import CRFPool
+from tool.dev.bench import print_table, torchrun_workers, worker_main
 
 # (label, epoch attribute at which the phase starts, overrides)
 PHASES = (("main pass (MCL)", None, {"plmix": False}),
@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> dict:
         flags = ["--train_config", args.train_config, "--voc12_root", args.voc12_root,
                  "--train_iters", str(args.train_iters)]
         cols["1 process, 1/N cores"] = (
-            1, torchrun_workers("tool.bench_train", 1, flags, share=procs)[0])
-        cols[f"{procs} processes"] = (procs, torchrun_workers("tool.bench_train", procs, flags)[0])
+            1, torchrun_workers("tool.dev.bench_train", 1, flags, share=procs)[0])
+        cols[f"{procs} processes"] = (
+            procs, torchrun_workers("tool.dev.bench_train", procs, flags)[0])
     res, rows = {}, []
     for label, first in cols["1 process"][1].items():
         ips = [n * col[label]["batch"] / col[label]["s_per_iter"] for n, col in cols.values()]

@@ -26,7 +26,7 @@ from tool.common.checkpoint import load_checkpoint
 from tool.common.config import load_config
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import atomic_save, save_text
-from tool.demo import infer_and_eval, train
+from tool.dev.demo import infer_and_eval, train
 from tool.eval import paired
 
 VARIANTS = (("MCL", "False"), ("MCL+PL-Mix", "True"))

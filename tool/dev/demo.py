@@ -19,7 +19,7 @@ from tool.common.config import load_config, parse_config_args
 from tool.common.errors import cli_main
 from tool.common.fileio import save_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rel(p: Path) -> str:
