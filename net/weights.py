@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -105,15 +104,12 @@ def compare_keys(model: nn.Module, state: dict[str, torch.Tensor], path: str) ->
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike | None, name: str,
-                          hint: str, remap: Callable[[dict], dict] | None = None
-                          ) -> LoadReport | None:
+                          hint: str) -> LoadReport | None:
     """Load ImageNet weights from the local file ``path`` into ``backbone``.
 
     ``name`` names the backbone in messages; ``hint`` names the checkpoint file(s) it expects and
-    where they are published; ``remap`` optionally renames the file's keys to the backbone's.
-    Returns None (random init) when ``path`` is None/'None'/''. Raises UserError when the file is
-    absent, any backbone key is missing, or a shape differs; keys the backbone does not have (the
-    ImageNet classifier) are reported as unexpected and ignored.
+    where they are published. Returns None (random init) when ``path`` is None/'None'/''. Raises
+    UserError when the file is absent, and as :func:`load_backbone_state`.
     """
     if no_weights(path):
         logger.info("no ImageNet weights given: backbone %s randomly initialised", name)
@@ -122,9 +118,17 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike | None, n
     if not os.path.isfile(path):
         raise UserError(f"ImageNet weights for backbone {name} not found: {path}; expected a "
                         f"local copy of {hint} (nothing is downloaded)")
-    state = read_state_dict(path)
-    if remap is not None:
-        state = remap(state)
+    return load_backbone_state(backbone, read_state_dict(path), path, name)
+
+
+def load_backbone_state(backbone: nn.Module, state: dict[str, torch.Tensor], path: str,
+                        name: str) -> LoadReport:
+    """Load the ImageNet state dict ``state`` (read from ``path``) into ``backbone``.
+
+    Raises UserError when any backbone key is missing or a shape differs; keys the backbone does
+    not have (the ImageNet classifier) are reported as unexpected and ignored. Missing BN
+    counters are filled in (:func:`fill_bn_counters`).
+    """
     state = fill_bn_counters(state)
     report = compare_keys(backbone, state, path)
     if report.mismatched:

@@ -9,9 +9,10 @@ import torch
 import infer_cam
 import train_mcl
 from net.cam_net import CAMNet
+from tests.utils import read_metrics
 from tool.common.checkpoint import load_checkpoint
 from tool.common.errors import UserError
-from tool.common.metrics import LOSS_COLUMNS, read_metrics
+from tool.common.metrics import LOSS_COLUMNS
 from tool.common.runtime import amp_dtype
 
 

@@ -3,7 +3,11 @@ memory-estimate tool."""
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from efficientnet_pytorch import EfficientNet
@@ -157,6 +161,42 @@ def test_resnet38_params_needs_mxnet(r38, tmp_path):
     path.write_bytes(b"")
     with pytest.raises(UserError, match=r"optional `mxnet` package.*converted .*\.pth"):
         r38.backbone.load_imagenet_weights(path)
+
+
+_MX_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+          "running_var": "moving_var"}
+
+
+def _mxnet_name(key: str) -> str:
+    """resnet38d key -> the MXNet model-A1 name (the inverse of ``mxnet_to_torch_name``)."""
+    module, suffix = key.rsplit(".", 1)
+    kind = "aux" if suffix.startswith("running") else "arg"
+    if module in ("conv1a", "bn7"):
+        return f"{kind}:{module}_{_MX_BN[suffix] if module == 'bn7' else suffix}"
+    block, layer = module.split(".")
+    stage, _, k = block[1:].partition("_")
+    layer_kind, branch = layer.split("_", 1)
+    mx_suffix = suffix if layer_kind == "conv" else _MX_BN[suffix]
+    return (f"{kind}:{'res' if layer_kind == 'conv' else 'bn'}{stage}{f'b{k}' if k else 'a'}_"
+            f"{branch}_{mx_suffix}")
+
+
+def test_resnet38_params_file_is_converted_in_memory(r38, tmp_path, monkeypatch):
+    state = {k: v for k, v in r38.backbone.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    arrays = {_mxnet_name(k): SimpleNamespace(asnumpy=v.numpy) for k, v in state.items()}
+    assert all(mxnet_to_torch_name(mx) == k for mx, k in zip(arrays, state))
+    arrays["arg:linear1000_weight"] = SimpleNamespace(asnumpy=lambda: np.zeros((3, 4096)))
+    path = tmp_path / "ilsvrc-cls_rna-a1_cls1000_ep-0001.params"
+    path.write_bytes(b"")
+    fake = types.ModuleType("mxnet")
+    fake.nd = SimpleNamespace(load=lambda p: arrays if p == str(path) else {})
+    monkeypatch.setitem(sys.modules, "mxnet", fake)
+    report = r38.backbone.load_imagenet_weights(path)
+    assert report.path == str(path)  # no temporary file in between
+    assert report.missing == [] and report.unexpected == ["linear1000.weight"]
+    for k, v in r38.backbone.state_dict().items():
+        assert torch.equal(v, state[k]) if k in state else v.item() == 0, k
 
 
 @pytest.mark.parametrize("mx,pt", [

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from tool.common.metrics import read_metrics
+from tests.utils import read_metrics
 from tool.dev import ablation, demo
 
 

@@ -162,14 +162,6 @@ class _LabelSet:
         """Per-label marginals (L, H, W) -> ids np (H, W) uint8, ties to the lowest id."""
         return self.ids[self.order][q[self.order].argmax(0)].astype(np.uint8)
 
-    def full(self, q: np.ndarray) -> np.ndarray:
-        """Per-label marginals (L, H, W) -> (n_full, H, W); absent ids 0 when dropped."""
-        out = np.zeros((self.n_full, *q.shape[1:]), np.float32)
-        out[self.keep] = q[: self.keep.size]
-        if self.merge:
-            out[self.missing] = q[-1]
-        return out
-
 
 def _crf_group(image: np.ndarray, maps: np.ndarray, keep: np.ndarray | None, n_full: int,
                absent: str, params: dict) -> np.ndarray:
@@ -208,20 +200,6 @@ def _infer_stacked(crf: dcrf.DenseCRF2D, unaries: np.ndarray, n_iters: int,
         if blocks is not None:
             blocks /= blocks.sum(axis=0, keepdims=True)
     return np.array(q, dtype=np.float32).reshape(g, n_lab, *hw)
-
-
-def crf_marginals(image: np.ndarray, maps: np.ndarray,
-                  present: Sequence[int] | np.ndarray | None, *, absent: str = "merge",
-                  **params) -> np.ndarray:
-    """The reduced CRF's marginals spread back to all C ids: np (C, H, W) float32. With
-    "merge" they equal ``dense_crf``'s up to float32 rounding; arguments as ``crf_labels``."""
-    _check_absent(absent)
-    p = CRFParams(**params)
-    keep = kept_labels(present, maps)
-    labels = _LabelSet(keep, maps.shape[0], absent, p, maps.dtype)
-    crf = _build_crf(image, labels.ids.size, p, labels.label_scale)
-    q = _infer(crf, labels.unary(np.ascontiguousarray(maps[keep])), p.n_iters, maps.shape[1:])
-    return labels.full(labels.per_label(q))
 
 
 def crf_labels(image: np.ndarray, maps: np.ndarray,
@@ -299,8 +277,6 @@ class CRFPool:
         for idx, res in zip(groups.values(), results):
             out[idx] = res
         return out
-
-    __call__ = map
 
     def warmup(self, size: int = 16) -> None:
         """Start every worker and import the CRF there, so timing excludes process start-up."""

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from net.norm import FixedBatchNorm2d
-from net.weights import LoadReport, load_backbone_weights, no_weights
+from net.weights import LoadReport, load_backbone_state, load_backbone_weights, no_weights
 from tool.common.errors import UserError
 
 NAME = "resnet38"
@@ -160,10 +159,7 @@ class ResNet38Backbone(nn.Module):
             return load_backbone_weights(self, path, NAME, HINT)  # raises "not found"
         state = {mxnet_to_torch_name(k): torch.from_numpy(v.asnumpy())
                  for k, v in mxnet.nd.load(path).items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            converted = os.path.join(tmp, os.path.basename(path) + ".pth")
-            torch.save(state, converted)
-            return load_backbone_weights(self, converted, NAME, HINT)
+        return load_backbone_state(self, state, path, NAME)
 
 
 # MXNet parameter names of model A1 -> resnet38d names (as PSA's converter maps them):

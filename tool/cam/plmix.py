@@ -19,22 +19,19 @@ LABEL_INTERP = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT
 
 # ---- step 1: partner ---------------------------------------------------------------------------
 
-def partner_index(n: int, rng_or_generator: torch.Generator | np.random.Generator,
-                  random_order: bool = True) -> torch.Tensor:
+def partner_index(n: int, generator: torch.Generator, random_order: bool = True) -> torch.Tensor:
     """Partner permutation pi (n,) long; fixed points allowed (METHOD.md 5.5 step 1).
 
-    A torch.Generator draws ``torch.randperm`` on its own device, a numpy Generator draws
-    ``permutation``. ``random_order=False`` is the unused batch-reversal path (Q9).
+    ``torch.randperm`` drawn from ``generator`` on its own device. ``random_order=False`` is the
+    unused batch-reversal path (Q9).
     """
     if not random_order:
         return torch.arange(n - 1, -1, -1)
-    if isinstance(rng_or_generator, np.random.Generator):
-        return torch.from_numpy(rng_or_generator.permutation(n))
-    return torch.randperm(n, generator=rng_or_generator, device=rng_or_generator.device)
+    return torch.randperm(n, generator=generator, device=generator.device)
 
 
 def union_labels(labels: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Image-level union mixlabel = max(y, y[pi]): (N, 20) -> (N, 20); used only by SC."""
+    """Image-level union mixlabel = max(y, y[pi]): (N, K) -> (N, K); used only by SC."""
     return torch.maximum(labels, labels[perm])
 
 

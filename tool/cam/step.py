@@ -138,7 +138,7 @@ def plmix_losses(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tenso
     mix_lbl = plmix.mix_labels(own_lbl, partner_lbl)
     mix_img = plmix.mix_images(own_img, partner_img, own_lbl)
     P = cam_softmaxnorm(model(mix_img, "cam")[0])  # raw CAM, with grad, still eval mode
-    mixlabel = torch.maximum(label, label[perm])
+    mixlabel = plmix.union_labels(label, perm)
     logits_q3 = a.mix_probs_as_logits
     loss = ctx.record("loss_mixseg", L.mix_seg_loss(P, mix_lbl, a.mix_loss,
                                                     probs_as_logits=logits_q3))

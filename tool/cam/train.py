@@ -27,7 +27,7 @@ from tool.cam.build import (
 )
 from tool.cam.step import StepContext, TrainLosses, train_step
 from tool.cam.validate import validate
-from tool.common.checkpoint import load_checkpoint, rng_states, save_checkpoint
+from tool.common.checkpoint import load_checkpoint, save_checkpoint
 from tool.common.dist import (
     all_reduce_sum,
     barrier,
@@ -147,7 +147,7 @@ def end_of_epoch(out: Path, args: Namespace, net, opt, sched, scaler, state: dic
                 "scheduler": sched.state_dict(), "epoch": state["epoch"], "camT": state["camT"],
                 "best_score": state["best_score"],
                 "selection": "val_miou" if args.select_with_gt else "val_map",
-                "history": state["history"], "rng": rng_states(), "config": args.config_dict}
+                "history": state["history"], "config": args.config_dict}
         if scaler.is_enabled():
             ckpt["scaler"] = scaler.state_dict()
         write_metrics(out / "metrics.csv", state["history"])

@@ -22,8 +22,9 @@ def _torch_load(path: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        # Our own training checkpoints also hold non-tensor state (numpy RNG states, config);
-        # the user names the file explicitly, so a full unpickle is acceptable here.
+        # Checkpoints of earlier runs of this trainer also hold numpy RNG states, which the
+        # restricted unpickler refuses; the user names the file explicitly, so a full unpickle
+        # is acceptable here.
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -44,12 +45,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} does not hold a dict")
     return ckpt
-
-
-def rng_states() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state()}

@@ -178,10 +178,6 @@ def _interpolate(cfg: dict, args: argparse.Namespace) -> None:
             setattr(args, key, body[key])
 
 
-def dump_config(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False)
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m tool.common.config --config X [--flag V ...] --get key [key ...]``: print
     resolved values as shell assignments (``INFER_LIST='...'``) for the run scripts."""

@@ -25,11 +25,6 @@ def write_metrics(path: str | Path, history: list[dict]) -> None:
     save_text(path, buf.getvalue())
 
 
-def read_metrics(path: str | Path) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def _fmt(v: object) -> str:
     if v is None:
         return ""
