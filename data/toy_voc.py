@@ -68,7 +68,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data.voc import CLASS_NAMES, save_label_png
+from data.voc import CLASS_NAMES, NUM_CLASSES, save_label_png
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import atomic_save, save_npy_dict, save_text
 
@@ -431,7 +431,7 @@ def compose(rng: np.random.Generator, hw: tuple[int, int],
 
 def labels_from_mask(label: np.ndarray) -> np.ndarray:
     """(20,) float32 multi-hot: class c is positive iff the mask has a pixel of value c."""
-    present = np.bincount(label.ravel(), minlength=256)[1:21] > 0
+    present = np.bincount(label.ravel(), minlength=256)[1:NUM_CLASSES] > 0
     return present.astype(np.float32)
 
 

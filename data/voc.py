@@ -18,7 +18,8 @@ CLASS_NAMES = (
     "train", "tvmonitor",
 )
 CAT_NAMES = ("background",) + CLASS_NAMES  # index 0 = background, c = VOC class c
-NUM_CLASSES = 21
+NUM_FG = len(CLASS_NAMES)  # foreground classes, 20
+NUM_CLASSES = NUM_FG + 1  # with background, 21
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +76,7 @@ def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def lookup_labels(cls_labels: dict, names: list[str], where: str = "cls_labels.npy") -> np.ndarray:
     """Stack the (20,) labels of ``names`` into an (N, 20) float32 array; absent name -> error."""
-    out = np.zeros((len(names), 20), np.float32)
+    out = np.zeros((len(names), NUM_FG), np.float32)
     for i, n in enumerate(names):
         if n not in cls_labels:
             raise UserError(f"image {n} has no entry in {where}")

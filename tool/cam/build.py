@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data.datasets import MultiScaleDataset, TrainDataset, collate_train
-from data.voc import load_cls_labels, load_img_name_list
+from data.voc import NUM_CLASSES, load_cls_labels, load_img_name_list
 from net.cam_net import CAMNet
 from net.norm import sync_batchnorm
 from net.weights import load_cam_weights
@@ -37,7 +37,8 @@ def build_model(args: Namespace, device: torch.device) -> CAMNet:
         kw["strides"] = tuple(args.backbone_strides)
     if args.backbone_width != 1.0:
         kw["width"] = args.backbone_width
-    model = CAMNet(args.backbone, num_classes=21, backbone_weights=args.backbone_weights, **kw)
+    model = CAMNet(args.backbone, num_classes=NUM_CLASSES,
+                   backbone_weights=args.backbone_weights, **kw)
     if args.weights:
         load_cam_weights(model, args.weights)
     model.amp_dtype = amp_dtype(args.amp, args.amp_dtype, torch.device(device))

@@ -16,7 +16,14 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import MultiScaleDataset
-from data.voc import image_path, load_cls_labels, load_image, load_img_name_list, save_label_png
+from data.voc import (
+    NUM_CLASSES,
+    image_path,
+    load_cls_labels,
+    load_image,
+    load_img_name_list,
+    save_label_png,
+)
 from tool.cam.msf import msf_cams, present_dict
 from tool.cam.vis import save_overlay
 from tool.common.dist import local_device, rank_world, shard
@@ -39,7 +46,7 @@ def label_from_dict(d: dict[int, np.ndarray], camT: float, size_hw: tuple[int, i
                     ) -> np.ndarray:
     """Label map (H, W) uint8 from a present-class dict: background = camT, argmax, or the
     dense CRF over background + present classes when ``image`` (H, W, 3 uint8) is given."""
-    maps = np.zeros((21, *size_hw), np.float32)
+    maps = np.zeros((NUM_CLASSES, *size_hw), np.float32)
     maps[0] = camT
     for k, m in d.items():
         maps[k + 1] = m

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import torch
 
+from data.voc import NUM_FG
 from tool.cam.camutils import minmax_norm
 
 
@@ -47,8 +48,8 @@ def msf_cams(model: torch.nn.Module, passes: list[torch.Tensor], size_hw: tuple[
     passes: (3, h_s, w_s) tensors. Returns (cam_sum, sgc_sum), np (20, H, W) float32 each,
     and the image-level scores of ``msf_scores`` (20,) from the same forwards.
     """
-    cam_sum = np.zeros((20, *size_hw), np.float32)
-    sgc_sum = np.zeros((20, *size_hw), np.float32)
+    cam_sum = np.zeros((NUM_FG, *size_hw), np.float32)
+    sgc_sum = np.zeros((NUM_FG, *size_hw), np.float32)
     logits = []
     for i in range(0, len(passes), 2):
         x = torch.stack(passes[i:i + 2]).to(device, non_blocking=True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.voc import load_mask
+from data.voc import NUM_CLASSES, NUM_FG, load_mask
 from tool.cam.msf import msf_cams, msf_scores, present_dict
 from tool.common.dist import all_reduce_sum, rank_world
 from tool.eval.evaluation import confusion_npy, miou_from_confusion
@@ -68,7 +68,8 @@ def _validation_pass(model: torch.nn.Module, loader, gt_dir: str | Path | None,
     labels (n_local, 20) of its images, in loader order."""
     was_training = model.training
     model.eval()
-    conf = None if gt_dir is None else np.zeros((len(thresholds), 21, 21), np.int64)
+    conf = (None if gt_dir is None else
+            np.zeros((len(thresholds), NUM_CLASSES, NUM_CLASSES), np.int64))
     scores, labels = [], []
     for sample in tqdm(loader, desc="validate", leave=False, disable=not progress):
         if gt_dir is None:  # no CAM needed: the classifier alone
@@ -81,7 +82,7 @@ def _validation_pass(model: torch.nn.Module, loader, gt_dir: str | Path | None,
                                   thresholds)
         labels.append(np.asarray(sample["label"], np.float64))
     model.train(was_training)
-    return conf, np.reshape(scores, (-1, 20)), np.reshape(labels, (-1, 20))
+    return conf, np.reshape(scores, (-1, NUM_FG)), np.reshape(labels, (-1, NUM_FG))
 
 
 def _gather_rows(rows: np.ndarray, device: torch.device) -> np.ndarray:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from data.voc import NUM_CLASSES
 from tool.cam.plmix import pseudo_label_maps
 from tool.crf import CRFPool, crf_labels_full
 
@@ -37,8 +38,9 @@ def synthetic_sample(rng: np.random.Generator, size: int, T: float = 0.3
     the present class ids."""
     img = 110 + _texture(rng, size, 6, 40) + _texture(rng, size, 40, 12)
     n_classes = rng.choice(len(CLASS_COUNT_P), p=CLASS_COUNT_P) + 1
-    classes = np.sort(rng.choice(np.arange(1, 21), size=n_classes, replace=False))
-    raw = np.abs(rng.normal(0, 0.05, (21, size, size))).astype(np.float32)  # absent: masked
+    classes = np.sort(rng.choice(np.arange(1, NUM_CLASSES), size=n_classes, replace=False))
+    # low noise in every channel; label_bg below masks the absent classes
+    raw = np.abs(rng.normal(0, 0.05, (NUM_CLASSES, size, size))).astype(np.float32)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     for c in classes:
         colour = rng.uniform(0, 255, 3)
@@ -54,7 +56,7 @@ def synthetic_sample(rng: np.random.Generator, size: int, T: float = 0.3
         raw[c] += cv2.GaussianBlur(rng.normal(0, 0.08, (size, size)).astype(np.float32),
                                    (0, 0), size / 40)
     img += rng.normal(0, 6, img.shape)
-    label_bg = torch.zeros(1, 21)
+    label_bg = torch.zeros(1, NUM_CLASSES)
     label_bg[0, 0] = 1
     label_bg[0, classes] = 1
     m16 = pseudo_label_maps(torch.from_numpy(raw)[None], label_bg, T)[0].numpy()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.voc import load_img_name_list, load_mask, save_label_png
+from data.voc import NUM_CLASSES, NUM_FG, load_img_name_list, load_mask, save_label_png
 from tool.common.fileio import save_npy_dict
 from tool.dev.bench import ensure_toy_voc, print_table
 from tool.eval import evaluation as ev
@@ -46,7 +46,7 @@ def synthetic_gt(out: Path, n: int = 60, seed: int = 0) -> list[str]:
     for i in range(n):
         h, w = rng.integers(120, 221, size=2)
         gt = np.zeros((h, w), np.uint8)
-        for c in rng.choice(np.arange(1, 21), size=rng.integers(1, 4), replace=False):
+        for c in rng.choice(np.arange(1, NUM_CLASSES), size=rng.integers(1, 4), replace=False):
             y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
             y1, x1 = y0 + rng.integers(20, h // 2), x0 + rng.integers(20, w // 2)
             gt[y0:y1, x0:x1] = 255
@@ -63,7 +63,7 @@ def write_cams(names: list[str], gt_dir: Path, out: Path, seed: int = 0) -> None
         gt = load_mask(gt_dir / f"{name}.png")
         d = {}
         for c in np.unique(gt):
-            if 1 <= c <= 20:
+            if 1 <= c <= NUM_FG:
                 noisy = 0.6 * (gt == c) + rng.normal(0.0, 0.2, size=gt.shape)
                 d[int(c) - 1] = np.clip(noisy, 0, 1).astype(np.float32)
         save_npy_dict(out / f"{name}.npy", d)

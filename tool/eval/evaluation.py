@@ -37,10 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.voc import CAT_NAMES, IGNORE_INDEX, NUM_CLASSES, load_mask
+from data.voc import CAT_NAMES, IGNORE_INDEX, NUM_CLASSES, NUM_FG, load_mask
 from tool.common.errors import UserError
 
-NUM_FG = NUM_CLASSES - 1
 NO_CLASS = NUM_CLASSES  # png-only confusion column: valid pixels predicted as a non-class value
 DEFAULT_T_RANGE = "0.00:0.60:0.01"  # eval_cam.py --curve (D9)
 MAX_THRESHOLDS = 10000
@@ -192,7 +191,8 @@ def confusion_png(pred: np.ndarray, gt: np.ndarray, where: str = "prediction") -
 def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
     """Per-class IoU (fractions) from (..., 21, 21) or png-style (..., 21, 22) -> (..., 21)."""
     conf = np.asarray(conf)
-    if conf.ndim < 2 or conf.shape[-2] != NUM_CLASSES or conf.shape[-1] not in (21, 22):
+    if conf.ndim < 2 or conf.shape[-2] != NUM_CLASSES or \
+            conf.shape[-1] not in (NUM_CLASSES, NUM_CLASSES + 1):
         raise ValueError(f"confusion must be (..., 21, 21) or (..., 21, 22), got {conf.shape}")
     sq = conf[..., :NUM_CLASSES]
     tp = np.diagonal(sq, axis1=-2, axis2=-1)
