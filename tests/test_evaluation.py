@@ -1,4 +1,5 @@
-"""tool/eval/evaluation.py and eval_cam.py against a brute-force copy of the reference semantics."""
+"""tool/eval/evaluation.py and eval_cam.py against a brute-force copy of the reference semantics
+(``reference_counts`` in tool/dev/bench_eval.py)."""
 from __future__ import annotations
 
 import json
@@ -26,30 +27,14 @@ CURVE = [i / 100 for i in range(-5, 60)]  # includes negative thresholds
 
 
 def ref_counts(preds: list, gts: list[np.ndarray], kind: str, t: float | None):
-    """Per-class (TP, T, P) exactly as do_python_eval: explicit tensor, argmax, masks."""
-    tp, tt, pp = np.zeros(21, np.int64), np.zeros(21, np.int64), np.zeros(21, np.int64)
-    for pred, gt in zip(preds, gts):
-        if kind == "npy":
-            tensor = np.zeros((21,) + gt.shape, np.float32)
-            for k, v in pred.items():
-                tensor[k + 1] = v
-            tensor[0, :, :] = t
-            predict = np.argmax(tensor, axis=0)
-        else:
-            predict = pred
-        cal = gt < 255
-        mask = (predict == gt) * cal
-        for i in range(21):
-            pp[i] += np.sum((predict == i) * cal)
-            tt[i] += np.sum((gt == i) * cal)
-            tp[i] += np.sum((gt == i) * mask)
-    return tp, tt, pp
+    """Per-class (TP, T, P) exactly as do_python_eval: explicit tensor, argmax, masks (the
+    benchmark's reference evaluator, independent of tool/eval/evaluation.py)."""
+    assert all(isinstance(p, dict) == (kind == "npy") for p in preds)
+    return bench_eval.reference_counts(zip(preds, gts), t)
 
 
 def ref_miou(preds, gts, kind, t=None) -> float:
-    tp, tt, pp = ref_counts(preds, gts, kind, t)
-    iou = [tp[i] / (tt[i] + pp[i] - tp[i] + 1e-10) for i in range(21)]
-    return float(np.mean(np.array(iou)) * 100)
+    return bench_eval.reference_miou(*ref_counts(preds, gts, kind, t))
 
 
 def counts_from_conf(conf: np.ndarray):

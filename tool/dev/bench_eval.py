@@ -12,6 +12,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -72,25 +73,39 @@ def write_cams(names: list[str], gt_dir: Path, out: Path, seed: int = 0) -> None
 # ---------------------------------------------------------------- the reference way
 
 
-def per_threshold_miou(names: list[str], cam_dir: Path, gt_dir: Path, t: float) -> float:
-    """One full pass over the files for a single t, counting as the reference evaluator does."""
-    tp, tt, pp = [0] * 21, [0] * 21, [0] * 21
-    for name in names:
-        d = np.load(cam_dir / f"{name}.npy", allow_pickle=True).item()
-        gt = np.array(Image.open(gt_dir / f"{name}.png"))
-        tensor = np.zeros((21,) + gt.shape, np.float32)
-        for k, v in d.items():
-            tensor[k + 1] = v
-        tensor[0, :, :] = t
-        pred = np.argmax(tensor, axis=0).astype(np.uint8)
+def reference_counts(pairs: Iterable[tuple[dict | np.ndarray, np.ndarray]], t: float | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class (TP, T, P) over (prediction, GT) pairs exactly as the reference evaluator
+    (``do_python_eval``) counts them: a CAM dict becomes an explicit (21, H, W) tensor with t at
+    channel 0 and is argmaxed; a label map (png) is the prediction itself; valid = GT < 255."""
+    tp, tt, pp = (np.zeros(NUM_CLASSES, np.int64) for _ in range(3))
+    for pred, gt in pairs:
+        if isinstance(pred, dict):
+            tensor = np.zeros((NUM_CLASSES,) + gt.shape, np.float32)
+            for k, v in pred.items():
+                tensor[k + 1] = v
+            tensor[0, :, :] = t
+            pred = np.argmax(tensor, axis=0)
         cal = gt < 255
         mask = (pred == gt) * cal
-        for c in range(21):
+        for c in range(NUM_CLASSES):
             pp[c] += np.sum((pred == c) * cal)
             tt[c] += np.sum((gt == c) * cal)
             tp[c] += np.sum((gt == c) * mask)
-    iou = [tp[c] / (tt[c] + pp[c] - tp[c] + 1e-10) for c in range(21)]
+    return tp, tt, pp
+
+
+def reference_miou(tp: np.ndarray, tt: np.ndarray, pp: np.ndarray) -> float:
+    """The reference mIoU (%) of per-class counts: IoU_c = TP / (T + P - TP + 1e-10)."""
+    iou = [tp[c] / (tt[c] + pp[c] - tp[c] + 1e-10) for c in range(NUM_CLASSES)]
     return float(np.mean(np.array(iou)) * 100)
+
+
+def per_threshold_miou(names: list[str], cam_dir: Path, gt_dir: Path, t: float) -> float:
+    """One full pass over the files for a single t, counting as the reference evaluator does."""
+    pairs = ((np.load(cam_dir / f"{name}.npy", allow_pickle=True).item(),
+              np.array(Image.open(gt_dir / f"{name}.png"))) for name in names)
+    return reference_miou(*reference_counts(pairs, t))
 
 
 # ---------------------------------------------------------------- section
