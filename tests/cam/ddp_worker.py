@@ -1,7 +1,7 @@
 """Worker of the DDP tests, which launch it with
 
     PYTHONPATH=<repository root> python -m torch.distributed.run --standalone \
-        --nproc_per_node 2 tests/ddp_worker.py TASK CONFIG OUT [--flag value ...]
+        --nproc_per_node 2 tests/cam/ddp_worker.py TASK CONFIG OUT [--flag value ...]
 
 TASK ``steps``: a few DDP iterations through every schedule phase, each rank on its own share
 of the data; every rank saves its parameters and losses to OUT/rank<R>.pt.

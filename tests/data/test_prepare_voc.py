@@ -15,7 +15,7 @@ from data import prepare_voc
 from data.voc import CLASS_NAMES, load_mask, save_label_png
 from tool.common.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # name -> (width, height, [(class, difficult), ...]); 2007_000009 is annotated but listed nowhere
 IMAGES = {
     "2007_000001": (8, 6, [("dog", 0), ("person", 0), ("dog", 1)]),  # repeated + difficult

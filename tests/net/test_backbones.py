@@ -1,5 +1,4 @@
-"""ResNet-38 and EfficientNet-B3 backbones: shapes, taps, strides, checkpoint layouts; the
-memory-estimate tool."""
+"""ResNet-38 and EfficientNet-B3 backbones: shapes, taps, strides, checkpoint layouts."""
 from __future__ import annotations
 
 import importlib.util
@@ -20,7 +19,6 @@ from net.cam_net import CAMNet
 from net.norm import FixedBatchNorm2d
 from net.weights import compare_keys, fill_bn_counters
 from tool.common.errors import UserError
-from tool.dev import model_memory
 
 BN_STATS = ("weight", "bias", "running_mean", "running_var")
 
@@ -328,18 +326,3 @@ def test_effb3_drop_connect_train_only(monkeypatch):
     b.eval()
     with torch.no_grad():
         assert not torch.equal(p7_train, b(x)[-1])
-
-
-# ------------------------------------------------------------------------------ memory tool
-
-def test_model_memory_smoke(capsys):
-    rows = model_memory.main(["--size", "32", "--crop", "64", "--backbones", "resnet18-w0.5"])
-    (r,) = rows
-    assert r["cam"] == (4, 4) and r["act_mb"] > r["affinity_mb"] > 0
-    # The affinity term is whole (N, hw, hw) float32 matrices at the crop's CAM size.
-    n_matrices = r["affinity_mb"] * model_memory.MB / (4 * 16 ** 2)
-    assert n_matrices >= 1 and n_matrices == pytest.approx(round(n_matrices))
-    assert r["train_state_mb"] == pytest.approx(16 * r["params_m"] * 1e6 / model_memory.MB)
-    assert "| resnet18-w0.5 | " in capsys.readouterr().out
-    with pytest.raises(UserError, match="unknown"):
-        model_memory.main(["--backbones", "vgg"])

@@ -16,7 +16,7 @@ from tool.common.checkpoint import load_checkpoint
 from tool.common.errors import UserError
 from tool.common.metrics import LOSS_COLUMNS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(cfg, *extra):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests import ddp_worker
+from tests.cam import ddp_worker
 from tests.utils import rows_without_time, tree_bytes
 from tool.cam.validate import validate
 from tool.common.checkpoint import load_checkpoint
 from tool.eval.evaluation import parse_t_range
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -41,7 +41,7 @@ def torchrun(*args: str, **popen) -> subprocess.CompletedProcess | subprocess.Po
 
 def worker(task: str, cfg: Path, out: Path, *extra: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    torchrun("tests/ddp_worker.py", task, cfg, out, *extra)
+    torchrun("tests/cam/ddp_worker.py", task, cfg, out, *extra)
 
 
 def test_ddp_ranks_keep_identical_parameters(tiny_config, tmp_path):
@@ -173,20 +173,6 @@ def test_wrap_ddp_in_a_process_group_and_sync_bn_on_cpu_error():
             ddp_model(net, torch.device("cpu"), sync_bn=True)
     finally:
         cleanup_distributed()
-
-
-def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
-    from tool.dev import bench
-
-    res = bench.main(["--only", "train,infer", "--voc12_root", str(toy_voc),
-                      "--train_config", str(tiny_config), "--train_iters", "1",
-                      "--infer_config", str(tiny_config)])
-    for phase in ("main pass (MCL)", "+ EMD (full step)"):
-        for col in ("1 process", "1 process, 1/N cores", "2 processes"):
-            assert res["train"][phase][f"images_per_s ({col})"] > 0
-    assert res["infer"]["images_per_s (2 processes (sharded))"] > 0
-    out = capsys.readouterr().out
-    assert "DDP efficiency" in out and "2 processes (sharded)" in out
 
 
 def test_batch_size_is_checked_per_process(monkeypatch):

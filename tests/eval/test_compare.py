@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 import eval_cam
-from tests.test_evaluation import random_case, run_cli, write_case
+from tests.eval.test_evaluation import random_case, run_cli, write_case
 from tool.common.errors import UserError
 from tool.eval import evaluation as ev
 from tool.eval import paired

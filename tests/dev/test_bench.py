@@ -1,0 +1,59 @@
+"""The developer tools (tool/dev/): each benchmark section and the memory estimate as smoke
+tests that also check what they compare against."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tool.common.errors import UserError
+from tool.dev import bench, bench_eval, model_memory
+from tool.dev.bench_crf import bench_crf
+
+
+def test_bench_eval_section_runs_and_curves_agree(tmp_path, capsys):
+    gt_dir = tmp_path / "voc" / "SegmentationClass"
+    names = bench_eval.synthetic_gt(gt_dir, n=3)
+    lst = tmp_path / "voc" / "ImageSets" / "Segmentation" / "train.txt"
+    lst.parent.mkdir(parents=True)
+    lst.write_text("\n".join(names) + "\n")
+    res = bench.main(["--only", "eval", "--voc12_root", str(tmp_path / "voc"),
+                      "--eval_t_range", "0.1:0.5:0.1", "--eval_workers", "2",
+                      "--eval_repeats", "1", "--json", str(tmp_path / "b.json")])
+    r = res["eval"]
+    assert r["identical"] and r["images"] == 3 and r["thresholds"] == 4
+    assert json.loads((tmp_path / "b.json").read_text())["eval"]["speedup"] == r["speedup"]
+    assert "curves identical: True" in capsys.readouterr().out
+    with pytest.raises(UserError, match="unknown section"):
+        bench.main(["--only", "eval,nope"])
+
+
+def test_bench_crf_smoke():
+    res = bench_crf(batch=2, size=48, workers=0, repeats=1, layout="train")
+    assert res["maps"] == 4 and res["merge"]["agreement"] == 1.0
+    assert res["drop"]["agreement"] >= 0.95 and res["merge"]["speedup"] > 0  # 48-px smoke test
+
+
+def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
+    res = bench.main(["--only", "train,infer", "--voc12_root", str(toy_voc),
+                      "--train_config", str(tiny_config), "--train_iters", "1",
+                      "--infer_config", str(tiny_config)])
+    for phase in ("main pass (MCL)", "+ EMD (full step)"):
+        for col in ("1 process", "1 process, 1/N cores", "2 processes"):
+            assert res["train"][phase][f"images_per_s ({col})"] > 0
+    assert res["infer"]["images_per_s (2 processes (sharded))"] > 0
+    out = capsys.readouterr().out
+    assert "DDP efficiency" in out and "2 processes (sharded)" in out
+
+
+def test_model_memory_smoke(capsys):
+    rows = model_memory.main(["--size", "32", "--crop", "64", "--backbones", "resnet18-w0.5"])
+    (r,) = rows
+    assert r["cam"] == (4, 4) and r["act_mb"] > r["affinity_mb"] > 0
+    # The affinity term is whole (N, hw, hw) float32 matrices at the crop's CAM size.
+    n_matrices = r["affinity_mb"] * model_memory.MB / (4 * 16 ** 2)
+    assert n_matrices >= 1 and n_matrices == pytest.approx(round(n_matrices))
+    assert r["train_state_mb"] == pytest.approx(16 * r["params_m"] * 1e6 / model_memory.MB)
+    assert "| resnet18-w0.5 | " in capsys.readouterr().out
+    with pytest.raises(UserError, match="unknown"):
+        model_memory.main(["--backbones", "vgg"])
