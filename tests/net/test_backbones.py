@@ -86,20 +86,6 @@ def r38() -> CAMNet:
     return CAMNet("resnet38")
 
 
-def test_resnet38_shapes(r38):
-    net = r38
-    assert isinstance(net.backbone, Backbone)
-    assert net.backbone.tap_channels == (256, 512, 1024, 4096)
-    assert net.backbone.output_stride == 8
-    assert net.fuse.in_channels == 1792 and net.fc.in_features == 4096
-    with torch.no_grad():
-        taps = net.backbone(_image(32))
-    assert [tuple(t.shape[1:]) for t in taps] == [(256, 8, 8), (512, 4, 4), (1024, 4, 4),
-                                                  (4096, 4, 4)]
-    assert all((t >= 0).all() for t in taps)  # every tap is post-ReLU
-    _check_cam_modes(net, _image(32), 4096)
-
-
 @torch.no_grad()
 def test_resnet38_taps_are_seam_conv3_to_conv6(r38):
     b = r38.backbone.eval()
@@ -227,19 +213,6 @@ def eff_file(tmp_path_factory):
     return path
 
 
-def test_effb3_shapes(eff):
-    net = eff
-    assert isinstance(net.backbone, Backbone)
-    assert net.backbone.tap_channels == (24, 48, 136, 384)
-    assert net.backbone.output_stride == 16
-    assert net.fuse.in_channels == 208 and net.fc.in_features == 384
-    with torch.no_grad():
-        taps = net.backbone.eval()(_image(64, n=2))
-    assert [tuple(t.shape[1:]) for t in taps] == [(24, 32, 32), (48, 8, 8), (136, 4, 4),
-                                                  (384, 4, 4)]
-    _check_cam_modes(net, _image(64, n=2), 384)
-
-
 def test_effb3_stage6_stride1_and_released_padding(eff):
     blocks = eff.backbone._blocks
     assert len(blocks) == 26
@@ -326,3 +299,23 @@ def test_effb3_drop_connect_train_only(monkeypatch):
     b.eval()
     with torch.no_grad():
         assert not torch.equal(p7_train, b(x)[-1])
+
+
+# --------------------------------------------------------------------------- the contract
+
+@pytest.mark.parametrize("which,size,n,taps,stride,fuse_in,post_relu", [
+    ("r38", 32, 1, [(256, 8, 8), (512, 4, 4), (1024, 4, 4), (4096, 4, 4)], 8, 1792, True),
+    ("eff", 64, 2, [(24, 32, 32), (48, 8, 8), (136, 4, 4), (384, 4, 4)], 16, 208, False),
+])
+def test_backbone_shapes(request, which, size, n, taps, stride, fuse_in, post_relu):
+    """The Backbone protocol: tap channels and shapes, output stride, CAMNet head sizes."""
+    net = request.getfixturevalue(which)
+    assert isinstance(net.backbone, Backbone)
+    assert net.backbone.tap_channels == tuple(c for c, _, _ in taps)
+    assert net.backbone.output_stride == stride
+    assert net.fuse.in_channels == fuse_in and net.fc.in_features == taps[-1][0]
+    with torch.no_grad():
+        out = net.backbone.eval()(_image(size, n))
+    assert [tuple(t.shape[1:]) for t in out] == taps
+    assert not post_relu or all((t >= 0).all() for t in out)  # ResNet-38's taps are post-ReLU
+    _check_cam_modes(net, _image(size, n), taps[-1][0])
