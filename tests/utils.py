@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
+
+import pytest
+import torch
+
+from tool.common.errors import UserError
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -20,3 +26,12 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 def rows_without_time(path: Path) -> list[dict[str, str]]:
     """``metrics.csv`` rows without the wall-clock column, to compare runs."""
     return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(path)]
+
+
+def assert_missing_key_fails(backbone, state: dict, key: str, tmp_path: Path) -> None:
+    """``state`` without ``key``, saved as broken.pth, must fail to load into ``backbone`` with
+    an error naming the file and the key."""
+    path = tmp_path / "broken.pth"
+    torch.save({k: v for k, v in state.items() if k != key}, path)
+    with pytest.raises(UserError, match=rf"broken\.pth lacks 1 keys.*{re.escape(key)}"):
+        backbone.load_imagenet_weights(path)

@@ -18,6 +18,7 @@ from net.backbones.resnet38 import mxnet_to_torch_name
 from net.cam_net import CAMNet
 from net.norm import FixedBatchNorm2d
 from net.weights import compare_keys, fill_bn_counters
+from tests.utils import assert_missing_key_fails
 from tool.common.errors import UserError
 
 BN_STATS = ("weight", "bias", "running_mean", "running_var")
@@ -126,12 +127,8 @@ def test_resnet38_checkpoint_loads(r38, tmp_path):
 
 
 def test_resnet38_missing_key_fails(r38, tmp_path):
-    state = _meta_checkpoint(resnet38d_layout())
-    del state["b4_3.bn_branch2b1.running_var"]
-    path = tmp_path / "broken.pth"
-    torch.save(state, path)
-    with pytest.raises(UserError, match=r"broken\.pth lacks 1 keys.*b4_3\.bn_branch2b1\.running_v"):
-        r38.backbone.load_imagenet_weights(path)
+    assert_missing_key_fails(r38.backbone, _meta_checkpoint(resnet38d_layout()),
+                             "b4_3.bn_branch2b1.running_var", tmp_path)
 
 
 def test_resnet38_missing_file_names_checkpoint(r38, tmp_path):
@@ -258,12 +255,8 @@ def test_effb3_checkpoint_loads(eff_file):
 
 
 def test_effb3_missing_key_fails(eff_file, tmp_path):
-    sd = torch.load(eff_file)
-    del sd["_blocks.18._depthwise_conv.weight"]
-    path = tmp_path / "broken.pth"
-    torch.save(sd, path)
-    with pytest.raises(UserError, match=r"broken\.pth.*_blocks\.18\._depthwise_conv\.weight"):
-        build_backbone("effb3").load_imagenet_weights(path)
+    assert_missing_key_fails(build_backbone("effb3"), torch.load(eff_file),
+                             "_blocks.18._depthwise_conv.weight", tmp_path)
 
 
 def test_effb3_missing_file_names_checkpoints(tmp_path):

@@ -18,6 +18,7 @@ from net.backbones.efflite0 import PACKAGED, WEIGHT_FILE, packaged_weights
 from net.cam_net import CAMNet
 from net.norm import FixedBatchNorm2d
 from net.weights import read_state_dict
+from tests.utils import assert_missing_key_fails
 from tool.common.errors import UserError
 
 HEAD = ["_bn1.bias", "_bn1.num_batches_tracked", "_bn1.running_mean", "_bn1.running_var",
@@ -162,9 +163,5 @@ def test_missing_file_names_expected_checkpoint(tmp_path):
 
 
 def test_missing_key_fails(state, tmp_path):
-    broken = dict(state)
-    del broken["_blocks.7._bn1.running_var"]
-    path = tmp_path / "broken.pth"
-    torch.save(broken, path)
-    with pytest.raises(UserError, match=r"broken\.pth lacks 1 keys.*_blocks\.7\._bn1\.running_var"):
-        build_backbone("efflite0").load_imagenet_weights(path)
+    assert_missing_key_fails(build_backbone("efflite0"), state, "_blocks.7._bn1.running_var",
+                             tmp_path)

@@ -12,6 +12,7 @@ from net.backbones import BACKBONES, build_backbone
 from net.cam_net import CAMNet, pcm
 from net.norm import FixedBatchNorm2d
 from net.weights import load_cam_weights
+from tests.utils import assert_missing_key_fails
 from tool.common.errors import UserError
 
 TOY = {"backbone": "resnet18", "width": 0.5, "strides": (2, 2, 1)}
@@ -211,12 +212,8 @@ def test_weights_wrapped_and_module_prefix(tmp_path, resnet18_file):
 
 
 def test_missing_key_fails(tmp_path, resnet18_file):
-    sd = torch.load(resnet18_file)
-    del sd["layer2.0.bn1.running_var"]
-    path = tmp_path / "broken.pth"
-    torch.save(sd, path)
-    with pytest.raises(UserError, match=r"broken\.pth.*layer2\.0\.bn1\.running_var"):
-        build_backbone("resnet18").load_imagenet_weights(path)
+    assert_missing_key_fails(build_backbone("resnet18"), torch.load(resnet18_file),
+                             "layer2.0.bn1.running_var", tmp_path)
 
 
 def test_width_mismatch_fails(resnet18_file):
