@@ -5,12 +5,17 @@ A killed job therefore never leaves a half-written output, and "file exists" mea
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+
+# The temporary names atomic_save writes: ".<name>." + mkstemp's 8 random characters + ".tmp".
+# A killed job leaves them behind; runfolder.remove_stale_temps matches exactly this pattern.
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_save(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
