@@ -70,6 +70,16 @@ def test_lock_on_another_host_counts_as_live(tmp_path):
         acquire_lock(tmp_path)
 
 
+def test_unreaped_process_holds_no_lock(tmp_path):
+    zombie = subprocess.Popen(["true"])
+    try:
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # ended, left unreaped
+        (tmp_path / LOCK_NAME).write_text(f"{zombie.pid} {socket.gethostname()}\n")
+        release_lock(acquire_lock(tmp_path))
+    finally:
+        zombie.wait()
+
+
 @pytest.mark.parametrize("content", ["{pid} {host}\n", ""])
 def test_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog, content):
     """A lock whose process has ended (or that a run killed at once left empty)."""

@@ -85,7 +85,16 @@ def _alive(pid: int | None, host: str) -> bool:
         return False
     except PermissionError:
         return True  # another user's live process
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has ended but was not reaped yet (in a container whose first process
+    reaps no orphans, a killed torchrun worker can stay so): it runs nothing."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False  # no /proc (not Linux): os.kill's answer stands
 
 
 def acquire_lock(folder: Path) -> Path:
