@@ -3,7 +3,8 @@
     python train_mcl.py --config configs/toy.yaml [--max_epoches 12 --crf False ...]
 
 Every config key is a flag of the same name; see configs/base.yaml. ``--resume`` continues
-``<session_name>/last.ckpt`` (or a given checkpoint) exactly.
+``<session_name>/last.ckpt`` (or a given checkpoint) exactly; a folder that already holds a run
+needs ``--resume`` or ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ SECTIONS = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval"
 def _extra(p) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue <session_name>/last.ckpt, or the checkpoint given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a session folder that already holds a run (its "
+                        "last.ckpt, best.ckpt and metrics.csv are deleted first)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,4 +32,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli_main(lambda: main(sys.argv[1:]))
+    cli_main(lambda: main(sys.argv[1:]),
+             resume_hint="rerun the same command with --resume to continue from last.ckpt")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,9 @@ def test_checkpoint_holds_d7_state(tiny_config, tmp_path):
     _train(tiny_config, "--session_name", str(tmp_path / "r"), "--max_epoches", "1")
     ck = load_checkpoint(tmp_path / "r" / "last.ckpt")
     assert set(ck) == {"model", "optimizer", "scheduler", "epoch", "camT", "best_score",
-                       "selection", "config", "history"}  # "scaler" too with fp16 autocast
+                       "best_epoch", "selection", "config",
+                       "history"}  # "scaler" too with fp16 autocast
+    assert ck["best_epoch"] == 0  # the one epoch beat the floor of 0
     assert ck["config"]["train"]["max_epoches"] == 1
     assert np.isfinite(ck["best_score"]) and ck["selection"] == "val_miou"
 
@@ -155,3 +158,153 @@ def test_mean_average_precision_by_hand():
     assert mean_average_precision(scores, labels) == pytest.approx(100 * (1 + 2 / 3) / 2)
     labels[1, 1] = 1  # class 2: its one positive ranked first -> AP 1
     assert mean_average_precision(scores, labels) == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)
+
+
+# -- run-folder safety (tool/common/runfolder.py) and the checkpoint order -------------------
+
+def _scored(monkeypatch, *values):
+    """Make epoch e's selection score values[e] (its validation still runs), so which epochs
+    are "best" is known in advance."""
+    import tool.cam.train as T
+
+    seen = iter(values)
+    monkeypatch.setattr(T, "selection_score", lambda val, with_gt: next(seen))
+
+
+def _same_model(a, b):
+    return all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+
+
+def test_kill_between_best_and_last_then_resume(tiny_config, tmp_path, monkeypatch):
+    """best.ckpt is written before last.ckpt: a kill in between leaves last.ckpt at the previous
+    epoch (never claiming a best that is not on disk), and --resume puts everything right."""
+    import tool.cam.train as T
+
+    three = ("--max_epoches", "3")
+    _scored(monkeypatch, 20.0, 10.0, 30.0)  # epochs 0 and 2 are new bests, epoch 1 is not
+    _train(tiny_config, "--session_name", str(tmp_path / "straight"), *three)
+    real_save = T.save_checkpoint
+
+    def save(path, ckpt):
+        if path.name == "last.ckpt" and ckpt["epoch"] == 2:
+            raise KeyboardInterrupt  # the kill, right after best.ckpt of epoch 2
+        real_save(path, ckpt)
+
+    run = tmp_path / "killed"
+    _scored(monkeypatch, 20.0, 10.0, 30.0)
+    monkeypatch.setattr(T, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_config, "--session_name", str(run), *three)
+    last = load_checkpoint(run / "last.ckpt")
+    assert last["epoch"] == 1 and last["best_epoch"] == 0
+    assert load_checkpoint(run / "best.ckpt")["epoch"] == 2  # one epoch ahead
+    assert len(read_metrics(run / "metrics.csv")) == 2  # never ahead of last.ckpt
+    assert not (run / ".lock").exists()  # released on the way out
+
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    _scored(monkeypatch, 30.0)  # epoch 2, trained again
+    _train(tiny_config, "--session_name", str(run), *three, "--resume")
+    assert "holds epoch 2, after last.ckpt's epoch 1" in (run / "train.log").read_text()
+    best, last = load_checkpoint(run / "best.ckpt"), load_checkpoint(run / "last.ckpt")
+    assert best["epoch"] == last["best_epoch"] == last["epoch"] == 2
+    assert _same_model(best, load_checkpoint(tmp_path / "straight" / "best.ckpt"))
+    assert rows_without_time(run / "metrics.csv") == rows_without_time(
+        tmp_path / "straight" / "metrics.csv")
+
+
+def test_resume_repairs_a_best_ckpt_left_behind(tiny_config, tmp_path, monkeypatch):
+    """Earlier versions wrote last.ckpt first: a kill in between left best.ckpt at an older
+    epoch. --resume rewrites it when last.ckpt is the best epoch itself, else warns."""
+    run = tmp_path / "r"
+    _scored(monkeypatch, 10.0, 20.0)
+    _train(tiny_config, "--session_name", str(run))
+    old = tmp_path / "old"
+    _scored(monkeypatch, 10.0)
+    _train(tiny_config, "--session_name", str(old), "--max_epoches", "1")
+    shutil.copyfile(old / "last.ckpt", run / "best.ckpt")  # best.ckpt of epoch 0
+    _train(tiny_config, "--session_name", str(run), "--resume")  # nothing left to train
+    log = (run / "train.log").read_text()
+    assert "holds epoch 0, but the best epoch is 1" in log and "rewrote it" in log
+    best, last = load_checkpoint(run / "best.ckpt"), load_checkpoint(run / "last.ckpt")
+    assert best["epoch"] == 1 and _same_model(best, last)
+
+    (run / "best.ckpt").unlink()  # the best epoch's model is gone: say so, in one line
+    ck = load_checkpoint(run / "last.ckpt")
+    torch.save({**ck, "best_epoch": 0}, run / "last.ckpt")
+    _train(tiny_config, "--session_name", str(run), "--resume")
+    assert "best.ckpt is missing, but last.ckpt records epoch 0" in (
+        run / "train.log").read_text()
+    assert not (run / "best.ckpt").exists()
+
+
+def test_rerun_without_resume_is_refused_before_any_compute(tiny_config, tmp_path,
+                                                              monkeypatch):
+    import tool.cam.train as T
+
+    run = tmp_path / "r"
+    _train(tiny_config, "--session_name", str(run), "--max_epoches", "1")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    monkeypatch.setattr(T, "build_loaders", lambda args: pytest.fail("computed"))
+    with pytest.raises(UserError) as e:
+        _train(tiny_config, "--session_name", str(run), "--max_epoches", "1")
+    msg = str(e.value)
+    assert str(run) in msg and "--resume" in msg and "--overwrite" in msg
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written
+    with pytest.raises(UserError, match="exclude each other"):
+        _train(tiny_config, "--session_name", str(run), "--resume", "--overwrite")
+    monkeypatch.undo()
+    # --overwrite starts over: epoch 0 again, and no file of the old run survives
+    _scored(monkeypatch, -1.0)  # below the floor: no best.ckpt this time
+    _train(tiny_config, "--session_name", str(run), "--max_epoches", "1", "--overwrite",
+           "--seed", "8")
+    assert not (run / "best.ckpt").exists()
+    assert load_checkpoint(run / "last.ckpt")["config"]["run"]["seed"] == 8
+    assert len(read_metrics(run / "metrics.csv")) == 1
+
+
+def test_interrupt_message_names_resume(monkeypatch, capsys):
+    import runpy
+
+    import tool.cam.train as T
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "run", interrupted)
+    monkeypatch.setattr(sys, "argv", ["train_mcl.py"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "train_mcl.py"), run_name="__main__")
+    assert e.value.code == 130
+    assert "rerun the same command with --resume" in capsys.readouterr().err
+
+
+def test_live_lock_refuses_a_second_run(tiny_config, tmp_path, monkeypatch):
+    import tool.cam.train as T
+
+    run = tmp_path / "r"
+    run.mkdir()
+    other = subprocess.Popen(["sleep", "30"])  # stands for a run training in that folder
+    try:
+        (run / ".lock").write_text(f"{other.pid} {socket.gethostname()}\n")
+        monkeypatch.setattr(T, "build_loaders", lambda args: pytest.fail("computed"))
+        with pytest.raises(UserError, match=f"in use by another run \\(PID {other.pid} "):
+            _train(tiny_config, "--session_name", str(run))
+        assert [p.name for p in run.iterdir()] == [".lock"]  # its lock stays
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_stale_lock_and_temporaries_of_a_killed_run(tiny_config, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a run that ended without removing its lock
+    (run / ".lock").write_text(f"{ended.pid} {socket.gethostname()}\n")
+    (run / ".last.ckpt.k1ll3d_x.tmp").write_bytes(b"half a checkpoint")
+    _train(tiny_config, "--session_name", str(run), "--max_epoches", "1")
+    log = (run / "train.log").read_text()
+    assert f"taking over {run / '.lock'}" in log and f"PID {ended.pid}" in log
+    assert "removed 1 temporary file(s)" in log and ".last.ckpt.k1ll3d_x.tmp" in log
+    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "last.ckpt", "metrics.csv",
+                                                      "train.log"]

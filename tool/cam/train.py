@@ -40,6 +40,7 @@ from tool.common.dist import (
     rank_world,
 )
 from tool.common.metrics import LOSS_COLUMNS, write_metrics
+from tool.common.runfolder import claim_run_folder
 from tool.common.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
 from tool.crf import CRFPool
 from tool.eval.evaluation import parse_t_range
@@ -47,22 +48,30 @@ from tool.eval.evaluation import parse_t_range
 log = logging.getLogger("plmix")
 
 
+# what marks a run in the session folder, and what --overwrite removes (best.ckpt alone is no
+# run: a run killed in its first epoch between writing it and last.ckpt cannot be resumed)
+RUN_MARKERS = ("last.ckpt", "metrics.csv")
+RUN_OUTPUTS = ("best.ckpt", "last.ckpt", "metrics.csv")
+
+
 def run(args: Namespace) -> dict:
     """Train (in every process of a torchrun launch); returns the final state summary."""
     check_weights_given(args)
     device = local_device(resolve_device(args.device))
     init_distributed(device)
+    out = Path(args.session_name)
     try:
-        return _train(args, device)
+        setup_logging(out / "train.log" if is_main() else None, quiet=not is_main())
+        # before any compute: one run at a time, and no fresh run over a finished one
+        with claim_run_folder(out, resume=bool(args.resume),
+                              overwrite=getattr(args, "overwrite", False),
+                              markers=RUN_MARKERS, outputs=RUN_OUTPUTS):
+            return _train(args, device, out)
     finally:
         cleanup_distributed()
 
 
-def _train(args: Namespace, device: torch.device) -> dict:
-    out = Path(args.session_name)
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out / "train.log" if is_main() else None, quiet=not is_main())
+def _train(args: Namespace, device: torch.device, out: Path) -> dict:
     train_ds, val_ds = build_loaders(args)
     check_batch_size(args, len(train_ds))
     seed_everything(args.seed)  # the same initial weights for a fresh run and a resumed one
@@ -72,7 +81,7 @@ def _train(args: Namespace, device: torch.device) -> dict:
         opt, mode="max", factor=args.lr_factor, patience=0, min_lr=args.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=net.amp_dtype == torch.float16)
     # the released floor (MaxmIou) applies to the GT mIoU; the GT-free mAP starts from 0
-    state = {"epoch": -1, "camT": args.camT, "history": [],
+    state = {"epoch": -1, "camT": args.camT, "history": [], "best_epoch": None,
              "best_score": args.MaxmIou if args.select_with_gt else 0.0}
     if args.resume:  # every rank continues from the same checkpoint
         state = resume(args, net, opt, sched, scaler)
@@ -137,26 +146,31 @@ def train_epoch(model, opt, loader: DataLoader, ctx: StepContext,
 
 def end_of_epoch(out: Path, args: Namespace, net, opt, sched, scaler, state: dict,
                  score: float) -> None:
-    """Rank 0 writes metrics.csv, last.ckpt, and best.ckpt when the selection score beats the
-    best so far (> floor); the other ranks wait until the files are complete."""
+    """Rank 0 writes best.ckpt when the selection score beats the best so far (> floor), then
+    last.ckpt, then metrics.csv; the other ranks wait until the files are complete.
+
+    The order makes a kill between two writes harmless: last.ckpt (which records the best
+    epoch) never claims a best.ckpt that is not on disk, and metrics.csv never lists an epoch
+    that --resume would not find in last.ckpt.
+    """
     is_best = score > state["best_score"]
     if is_best:
-        state["best_score"] = score
+        state.update(best_score=score, best_epoch=state["epoch"])
     if is_main():
         ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": state["epoch"], "camT": state["camT"],
-                "best_score": state["best_score"],
+                "best_score": state["best_score"], "best_epoch": state["best_epoch"],
                 "selection": "val_miou" if args.select_with_gt else "val_map",
                 "history": state["history"], "config": args.config_dict}
         if scaler.is_enabled():
             ckpt["scaler"] = scaler.state_dict()
-        write_metrics(out / "metrics.csv", state["history"])
-        save_checkpoint(out / "last.ckpt", ckpt)
-        log.info("saved %s (epoch %d)", out / "last.ckpt", state["epoch"])
         if is_best:
             save_checkpoint(out / "best.ckpt", ckpt)
             log.info("new best %s %.2f%%: saved %s", "mIoU" if args.select_with_gt else "mAP",
                      score, out / "best.ckpt")
+        save_checkpoint(out / "last.ckpt", ckpt)
+        log.info("saved %s (epoch %d)", out / "last.ckpt", state["epoch"])
+        write_metrics(out / "metrics.csv", state["history"])
     barrier()
 
 
@@ -172,5 +186,41 @@ def resume(args: Namespace, net, opt, sched, scaler) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
     log.info("resumed from %s at the end of epoch %d (camT %.2f)", path, ckpt["epoch"],
              ckpt["camT"])
+    if is_main():
+        out = Path(args.session_name)
+        reconcile_best(out / "best.ckpt", ckpt)
+        # a run stopped between last.ckpt and metrics.csv left the table an epoch behind
+        write_metrics(out / "metrics.csv", ckpt["history"])
     best = ckpt["best_score"] if "best_score" in ckpt else ckpt["best_miou"]  # older runs
-    return {"best_score": best, **{k: ckpt[k] for k in ("epoch", "camT", "history")}}
+    return {"best_score": best, "best_epoch": ckpt.get("best_epoch"),  # None: older runs
+            **{k: ckpt[k] for k in ("epoch", "camT", "history")}}
+
+
+def reconcile_best(best_path: Path, last: dict) -> None:
+    """Make ``best.ckpt`` agree with the best epoch ``last.ckpt`` records, or warn in one line.
+
+    Runs of earlier versions wrote last.ckpt first, so a kill in between left best.ckpt at an
+    older epoch for good. Now best.ckpt comes first, and a kill in between leaves it one epoch
+    ahead of last.ckpt; that epoch is trained again and decides anew. Either way, when
+    last.ckpt is itself the best epoch, best.ckpt is rewritten from it (the two files then hold
+    the same state), so best.ckpt always matches metrics.csv.
+    """
+    want = last.get("best_epoch")
+    if want is None:  # no epoch beat the floor yet, or a checkpoint without the record
+        return
+    have = load_checkpoint(best_path).get("epoch") if best_path.exists() else None
+    if have == want:
+        return
+    held = "is missing" if have is None else f"holds epoch {have}"
+    if want == last["epoch"]:
+        save_checkpoint(best_path, last)
+        log.warning("%s %s, but the best epoch is %d, the one last.ckpt holds: rewrote it from "
+                    "last.ckpt", best_path, held, want)
+    elif have is not None and have > last["epoch"]:
+        log.warning("%s holds epoch %d, after last.ckpt's epoch %d (the run stopped between the "
+                    "two writes): epoch %d is trained again and replaces it if it is still best",
+                    best_path, have, last["epoch"], have)
+    else:
+        log.warning("%s %s, but last.ckpt records epoch %d (score %.2f) as the best, and that "
+                    "model is not on disk: best.ckpt does not match metrics.csv", best_path, held,
+                    want, last["best_score"])

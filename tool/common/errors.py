@@ -9,16 +9,20 @@ class UserError(Exception):
     """Bad input (a file, a flag, a config key): shown to the user as one line, exit code 2."""
 
 
-def cli_main(main: Callable[[], object]) -> None:
-    """Run ``main`` and turn a :class:`UserError` into a one-line message and a non-zero exit."""
+def cli_main(main: Callable[[], object],
+             resume_hint: str = "rerun the same command to continue") -> None:
+    """Run ``main`` and turn a :class:`UserError` into a one-line message and a non-zero exit.
+
+    ``resume_hint`` ends the Ctrl-C message: how this entry point continues what it stopped
+    (the trainer needs ``--resume``; the others skip their finished outputs).
+    """
     try:
         main()
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: finished outputs are kept; rerun the same command to continue",
-              file=sys.stderr)
+        print(f"interrupted: finished outputs are kept; {resume_hint}", file=sys.stderr)
         sys.exit(130)
 
 
