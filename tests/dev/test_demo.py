@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from tests.utils import read_metrics
+from tool.common.checkpoint import load_checkpoint
 from tool.dev import ablation, demo
 
 
@@ -42,6 +43,11 @@ def test_ablation_table(tiny_config, toy_voc, tmp_path):
     mcl, mix = (read_metrics(tmp_path / "abl" / "abl" / d / "metrics.csv")
                 for d in ("MCL_seed0", "MCL_PL-Mix_seed0"))
     assert mcl[0]["miou"] == mix[0]["miou"]  # the shared epoch
+    for d in ("MCL_seed0", "MCL_PL-Mix_seed0"):  # both folders resumed, best.ckpt consistent
+        folder = tmp_path / "abl" / "abl" / d
+        best = load_checkpoint(folder / "best.ckpt")
+        assert best["epoch"] == load_checkpoint(folder / "last.ckpt")["best_epoch"]
+        assert "best.ckpt is missing" not in (folder / "train.log").read_text()  # forked with it
     assert float(mcl[1]["loss_mixseg"]) == 0 and float(mix[1]["loss_mixseg"]) > 0
 
 

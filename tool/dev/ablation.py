@@ -52,6 +52,10 @@ def shared_prefix(config: str, voc: str, out: Path, seed: int) -> None:
         train(config, base, voc,
               ["--plmix", "False", "--seed", str(seed), "--max_epoches", str(mix_start)])
     mix.mkdir(parents=True, exist_ok=True)
+    # the PL-Mix folder starts as a straight run's folder at that epoch: best.ckpt too (the
+    # best epoch last.ckpt records), then last.ckpt, which marks the fork as done
+    if (base / "best.ckpt").exists():
+        shutil.copyfile(base / "best.ckpt", mix / "best.ckpt")
     shutil.copyfile(base / "last.ckpt", mix / "last.ckpt")
 
 
