@@ -203,7 +203,7 @@ def reconcile_best(best_path: Path, last: dict) -> None:
     older epoch for good. Now best.ckpt comes first, and a kill in between leaves it one epoch
     ahead of last.ckpt; that epoch is trained again and decides anew. Either way, when
     last.ckpt is itself the best epoch, best.ckpt is rewritten from it (the two files then hold
-    the same state), so best.ckpt always matches metrics.csv.
+    the same state); otherwise the best model is not on disk, and a warning says so.
     """
     want = last.get("best_epoch")
     if want is None:  # no epoch beat the floor yet, or a checkpoint without the record
