@@ -147,3 +147,10 @@ def test_stale_temporaries_removed_at_start(tmp_path, caplog):
     assert (tmp_path / "sub" / ".last.ckpt.ab3_xyz1.tmp").exists()
     assert "removed 2 temporary file(s)" in caplog.text and stale[0] in caplog.text
     assert remove_stale_temps(tmp_path) == []
+
+
+def test_unusable_folder_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match="cannot use the session folder"):
+        with claim_run_folder(tmp_path / "file" / "r", resume=False, overwrite=False, **KW):
+            pass

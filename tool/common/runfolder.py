@@ -163,6 +163,8 @@ def claim_run_folder(folder: str | os.PathLike, *, resume: bool, overwrite: bool
                 remove_stale_temps(folder)
             except UserError as e:
                 error = str(e)
+            except OSError as e:  # e.g. no permission: the other ranks must hear of it too
+                error = f"cannot use the session folder {folder}: {e}"
         error = broadcast_object(error)
         if error is not None:
             raise UserError(error)
