@@ -77,7 +77,7 @@ def main(task: str, config: str, out: str, *extra: str) -> None:
             val = validate(build_model(args, "cpu"), loader, args.gt,
                            parse_t_range(args.val_t_range), torch.device("cpu"), progress=False)
             if rank == 0:
-                np.savez(Path(out) / "val.npz", confusion=val.confusion, miou=val.miou,
+                np.savez(Path(out) / "val.npz", confusion=val.curve.confusion, miou=val.curve.miou,
                          cls_map=val.cls_map, n_local=len(val_ds))
         else:
             raise SystemExit(f"unknown task {task}")

@@ -10,9 +10,9 @@ import infer_cam
 import train_mcl
 from net.cam_net import CAMNet
 from tests.utils import read_metrics
+from tool.cam.train import LOSS_COLUMNS
 from tool.common.checkpoint import load_checkpoint
 from tool.common.errors import UserError
-from tool.common.metrics import LOSS_COLUMNS
 from tool.common.runtime import amp_dtype
 
 

@@ -113,8 +113,8 @@ def test_distributed_validation_equals_single_process(tiny_config, toy_voc, trai
     want = validate(build_model(args, "cpu"), loader, args.gt, parse_t_range(args.val_t_range),
                     torch.device("cpu"), progress=False)
     assert int(got["n_local"]) == 6
-    assert np.array_equal(got["confusion"], want.confusion)
-    assert np.array_equal(got["miou"], want.miou) and want.best_miou > 0
+    assert np.array_equal(got["confusion"], want.curve.confusion)
+    assert np.array_equal(got["miou"], want.curve.miou) and want.best_miou > 0
     assert float(got["cls_map"]) == want.cls_map > 0  # score rows gathered in list order
 
 

@@ -13,9 +13,9 @@ import torch
 
 import train_mcl
 from tests.utils import read_metrics, rows_without_time
+from tool.cam.train import LOSS_COLUMNS
 from tool.common.checkpoint import load_checkpoint
 from tool.common.errors import UserError
-from tool.common.metrics import LOSS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,8 +115,9 @@ def test_checkpoint_holds_d7_state(tiny_config, tmp_path):
     _train(tiny_config, "--session_name", str(tmp_path / "r"), "--max_epoches", "1")
     ck = load_checkpoint(tmp_path / "r" / "last.ckpt")
     assert set(ck) == {"model", "optimizer", "scheduler", "epoch", "camT", "best_score",
-                       "best_epoch", "selection", "config",
-                       "history"}  # "scaler" too with fp16 autocast
+                       "best_epoch", "selection", "config", "history", "grads",
+                       "position"}  # "scaler" too with fp16 autocast
+    assert ck["position"] is None  # the end of an epoch, not a mid-epoch checkpoint
     assert ck["best_epoch"] == 0  # the one epoch beat the floor of 0
     assert ck["config"]["train"]["max_epoches"] == 1
     assert np.isfinite(ck["best_score"]) and ck["selection"] == "val_miou"
@@ -178,12 +179,12 @@ def _same_model(a, b):
 def test_kill_between_best_and_last_then_resume(tiny_config, tmp_path, monkeypatch):
     """best.ckpt is written before last.ckpt: a kill in between leaves last.ckpt at the previous
     epoch (never claiming a best that is not on disk), and --resume puts everything right."""
-    import tool.cam.train as T
+    import tool.common.engine as E
 
     three = ("--max_epoches", "3")
     _scored(monkeypatch, 20.0, 10.0, 30.0)  # epochs 0 and 2 are new bests, epoch 1 is not
     _train(tiny_config, "--session_name", str(tmp_path / "straight"), *three)
-    real_save = T.save_checkpoint
+    real_save = E.save_checkpoint
 
     def save(path, ckpt):
         if path.name == "last.ckpt" and ckpt["epoch"] == 2:
@@ -192,7 +193,7 @@ def test_kill_between_best_and_last_then_resume(tiny_config, tmp_path, monkeypat
 
     run = tmp_path / "killed"
     _scored(monkeypatch, 20.0, 10.0, 30.0)
-    monkeypatch.setattr(T, "save_checkpoint", save)
+    monkeypatch.setattr(E, "save_checkpoint", save)
     with pytest.raises(KeyboardInterrupt):
         _train(tiny_config, "--session_name", str(run), *three)
     last = load_checkpoint(run / "last.ckpt")
@@ -201,7 +202,7 @@ def test_kill_between_best_and_last_then_resume(tiny_config, tmp_path, monkeypat
     assert len(read_metrics(run / "metrics.csv")) == 2  # never ahead of last.ckpt
     assert not (run / ".lock").exists()  # released on the way out
 
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    monkeypatch.setattr(E, "save_checkpoint", real_save)
     _scored(monkeypatch, 30.0)  # epoch 2, trained again
     _train(tiny_config, "--session_name", str(run), *three, "--resume")
     assert "holds epoch 2, after last.ckpt's epoch 1" in (run / "train.log").read_text()

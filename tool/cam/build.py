@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from data.datasets import MultiScaleDataset, TrainDataset, collate_train
 from data.voc import NUM_CLASSES, load_cls_labels, load_img_name_list
 from net.cam_net import CAMNet
 from net.norm import sync_batchnorm
 from net.weights import load_cam_weights
+from tool.common import engine
 from tool.common.dist import is_distributed, rank_world, shard, wrap_ddp
 from tool.common.errors import UserError
 from tool.common.runtime import amp_dtype
@@ -71,21 +71,9 @@ def build_loaders(args: Namespace) -> tuple[TrainDataset, MultiScaleDataset]:
 
 
 def epoch_loader(ds: TrainDataset, args: Namespace, epoch: int) -> DataLoader:
-    """Shuffle order from (seed, epoch): a resumed run sees the same order. Under torchrun a
-    DistributedSampler gives each rank its own share (``--batch_size`` is per process)."""
-    ds.set_epoch(epoch)
-    rank, world = rank_world()
-    if world > 1:
-        sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=args.seed)
-        sampler.set_epoch(epoch)
-        order = {"sampler": sampler}
-    else:
-        g = torch.Generator()
-        g.manual_seed(int(np.random.SeedSequence([args.seed, epoch, 0]).generate_state(1)[0]))
-        order = {"shuffle": True, "generator": g}
-    return DataLoader(ds, batch_size=args.batch_size, drop_last=True,
-                      num_workers=args.num_workers, collate_fn=collate_train,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False, **order)
+    """The engine's loader of one epoch with this stage's batch size, seed and collation."""
+    return engine.epoch_loader(ds, epoch, args.batch_size, args.seed, args.num_workers,
+                               collate_train)
 
 
 def check_batch_size(args: Namespace, n_train: int) -> None:

@@ -23,27 +23,24 @@ from tqdm import tqdm
 from data.voc import NUM_CLASSES, NUM_FG, load_mask
 from tool.cam.msf import msf_cams, msf_scores, present_dict
 from tool.common.dist import all_reduce_sum, rank_world
-from tool.eval.evaluation import confusion_npy, miou_from_confusion
+from tool.eval.evaluation import CurveResult, confusion_npy
 
 
 @dataclass
 class ValResult:
-    cls_map: float                       # image-level mAP (%) over the validation list
-    thresholds: np.ndarray | None = None  # (T,); None without ground truth
-    miou: np.ndarray | None = None        # (T,) percent
-    confusion: np.ndarray | None = None   # (T, 21, 21) [gt, pred]
+    """The image-level mAP (%) over the validation list, and with ground truth the mIoU curve
+    over the threshold sweep (``tool.eval``'s result; None under the GT-free protocol)."""
 
-    @property
-    def best_index(self) -> int:
-        return int(np.argmax(self.miou))  # first index wins ties (METHOD.md 5.6)
+    cls_map: float
+    curve: CurveResult | None = None
 
     @property
     def best_t(self) -> float | None:
-        return None if self.miou is None else float(self.thresholds[self.best_index])
+        return None if self.curve is None else self.curve.best_t
 
     @property
     def best_miou(self) -> float | None:
-        return None if self.miou is None else float(self.miou[self.best_index])
+        return None if self.curve is None else self.curve.best_miou
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -107,6 +104,5 @@ def validate(model: torch.nn.Module, loader, gt_dir: str | Path | None, threshol
                                      _gather_rows(labels, device))
     if conf is None:
         return ValResult(cls_map)
-    conf = all_reduce_sum(conf, device)
-    miou = np.array([miou_from_confusion(c) for c in conf])
-    return ValResult(cls_map, np.asarray(thresholds), miou, conf)
+    return ValResult(cls_map, CurveResult.from_confusion(all_reduce_sum(conf, device),
+                                                         thresholds))

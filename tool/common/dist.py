@@ -94,6 +94,15 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order (``[obj]`` outside torchrun)."""
+    if not is_distributed():
+        return [obj]
+    box: list = [None] * rank_world()[1]
+    dist.all_gather_object(box, obj)
+    return box
+
+
 def broadcast_buffers(module: nn.Module) -> None:
     """Give every rank rank 0's buffers (BN running statistics), so all ranks evaluate the
     very model rank 0 saves."""

@@ -9,6 +9,15 @@ class UserError(Exception):
     """Bad input (a file, a flag, a config key): shown to the user as one line, exit code 2."""
 
 
+class TrainingStopped(Exception):
+    """A run stopped on request (SIGTERM, SIGINT) after saving its state: ``str`` says how to
+    continue it; the process exits with ``exit_code`` (128 + the signal number)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def cli_main(main: Callable[[], object],
              resume_hint: str = "rerun the same command to continue") -> None:
     """Run ``main`` and turn a :class:`UserError` into a one-line message and a non-zero exit.
@@ -21,6 +30,9 @@ def cli_main(main: Callable[[], object],
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print(f"interrupted: finished outputs are kept; {resume_hint}", file=sys.stderr)
         sys.exit(130)

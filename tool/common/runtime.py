@@ -46,6 +46,28 @@ def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
+def get_rng_state() -> dict:
+    """The global random states (Python, numpy, torch CPU and CUDA) as tensors and plain
+    values, which a ``weights_only`` checkpoint load accepts."""
+    np_state = np.random.get_state(legacy=False)
+    return {"python": random.getstate(),
+            "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"]),
+                                            "pos": np_state["state"]["pos"]}},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` returned (CUDA states only where CUDA runs)."""
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state({**np_state, "state": {"key": np_state["state"]["key"].numpy(),
+                                               "pos": np_state["state"]["pos"]}})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def epoch_generators(seed: int, epoch: int, rank: int = 0
                      ) -> tuple[np.random.Generator, torch.Generator]:
     """Explicit generators for the training step's own draws (decision D6), one pair per rank
