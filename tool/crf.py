@@ -19,15 +19,23 @@ CRF's up to float32 rounding. ``absent="drop"`` removes them outright: the kept 
 grow by a per-pixel factor, the messages shift and about 1 % of the pixels can change
 (tool.dev.bench_crf).
 
-``CRFPool`` runs a batch of images in worker processes (created once, reused across calls).
+``CRFPool`` runs a batch of images in worker processes (created once, reused across calls) that
+exit when the process that owns the pool dies, even by SIGKILL.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from argparse import Namespace
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,12 +253,62 @@ def _check_params(params: CRFParams) -> None:
         raise TypeError(f"params must be a CRFParams, got {type(params).__name__}")
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit as soon as ``parent_pid`` (the pool's owner) is gone.
+
+    Workers block on the call queue, whose pipe every worker also holds open, so a SIGKILLed
+    trainer would otherwise leave them (and, through them, multiprocessing's resource tracker,
+    which exits when its last pipe writer is gone) running for good.
+    """
+    if _set_pdeathsig(signal.SIGKILL):
+        # the parent may have died before prctl: then nothing will signal us (we were
+        # re-parented, so getppid() changed)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        return
+    threading.Thread(target=_poll_parent, args=(parent_pid,), name="crf-parent-watch",
+                     daemon=True).start()
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies. True if set.
+
+    The kernel fires it when the parent *thread* that created this process exits, not the
+    parent process. ProcessPoolExecutor spawns workers from the thread that submits work or
+    from its manager thread (which lives as long as the pool); tool/cam/train.py creates and
+    uses the pool in its main thread, which lives as long as the run, so there the thread's
+    lifetime is the process's. A pool first used from a short-lived thread would lose its
+    workers with that thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # prctl is variadic: pass full-width unsigned longs, as the kernel reads them
+        args = (ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        return libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), *args) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _poll_parent(parent_pid: int, period_s: float = 1.0) -> None:
+    """Fallback where prctl is unavailable: a dead parent re-parents us, so getppid() changes."""
+    while os.getppid() == parent_pid:
+        time.sleep(period_s)
+    os._exit(1)
+
+
 class CRFPool:
     """Batch CRF, image by image, in ``workers`` processes (0 or 1: in this process).
 
     The executor is created once and reused by every call; use as a context manager or call
     ``close()``. ``mp_context`` defaults to "spawn" so workers inherit no CUDA/OpenMP state from a
     training process (the main script must then be import-safe: ``if __name__ == "__main__"``).
+    Workers exit when this process dies, however it dies (``_exit_with_parent``); create and
+    first use the pool in a thread that lives as long as the pool (the main thread).
     """
 
     def __init__(self, workers: int = 0, mp_context: str = "spawn") -> None:
@@ -258,7 +316,9 @@ class CRFPool:
         self._ex = None
         if self.workers > 1:
             ctx = multiprocessing.get_context(mp_context)
-            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx,
+                                           initializer=_exit_with_parent,
+                                           initargs=(os.getpid(),))
 
     def map(self, images: np.ndarray, maps: np.ndarray,
             presents: Sequence[Sequence[int] | None] | None = None,
@@ -293,7 +353,14 @@ class CRFPool:
             # longest jobs first (cost ~ maps x labels), so the workers finish together
             order = sorted(range(len(jobs)), key=lambda j: -jobs[j][1].shape[0] * (
                 jobs[j][1].shape[1] + 2))
-            done = dict(zip(order, self._ex.map(_crf_group, *zip(*[jobs[j] for j in order]))))
+            try:
+                done = dict(zip(order, self._ex.map(_crf_group,
+                                                    *zip(*[jobs[j] for j in order]))))
+            except BrokenProcessPool as e:
+                raise RuntimeError(
+                    f"CRF pool: a worker process died (killed, e.g. out of memory?); the pool "
+                    f"of {self.workers} workers is unusable (crf_workers: 0 runs in-process)"
+                ) from e
             results = [done[j] for j in range(len(jobs))]
         out = np.empty((len(images), *maps.shape[2:]), dtype=np.uint8)
         for idx, res in zip(groups.values(), results):
@@ -310,9 +377,16 @@ class CRFPool:
         self.map(img, np.zeros((self.workers, 2, size, size), np.float32))
 
     def close(self) -> None:
-        if self._ex is not None:
-            self._ex.shutdown()
-            self._ex = None
+        """Stop the workers: queued jobs are cancelled, running ones finished. Idempotent.
+
+        The executor is detached first, so a second call (``__exit__`` after a handler, or at
+        interpreter shutdown) does nothing. A signal handler should raise (SystemExit,
+        KeyboardInterrupt) and let the ``with`` block close the pool rather than call this
+        itself: the executor's shutdown takes a lock that an interrupted ``map`` may hold.
+        """
+        ex, self._ex = self._ex, None
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> CRFPool:
         return self
