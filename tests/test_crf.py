@@ -2,6 +2,7 @@
 21-label one, the worker pool against the in-process loop. Small images: a few seconds."""
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 
 import cv2
@@ -26,14 +27,13 @@ T16 = 0.300048828125  # float16(0.30), the nearest half to 0.30 (Q21)
 
 
 def crf_marginals(image: np.ndarray, maps: np.ndarray,
-                  present: Sequence[int] | np.ndarray | None, *, absent: str = "merge",
-                  **params) -> np.ndarray:
+                  present: Sequence[int] | np.ndarray | None, p: CRFParams = CRFParams()
+                  ) -> np.ndarray:
     """The reduced CRF's marginals spread back to all C ids: np (C, H, W) float32 (absent ids 0
     when dropped). With "merge" they equal ``dense_crf``'s up to float32 rounding; arguments as
     ``crf_labels``."""
-    p = CRFParams(**params)
     keep = kept_labels(present, maps)
-    labels = _LabelSet(keep, maps.shape[0], absent, p, maps.dtype)
+    labels = _LabelSet(keep, maps.shape[0], p, maps.dtype)
     crf = _build_crf(image, labels.ids.size, p, labels.label_scale)
     q = labels.per_label(_infer(crf, labels.unary(np.ascontiguousarray(maps[keep])), p.n_iters,
                                 maps.shape[1:]))
@@ -76,12 +76,20 @@ def test_unary_matches_pydensecrf():
 def test_crf_labels_present_none_and_argument_checks():
     img, maps = _scene(np.random.default_rng(6), [4, 9], size=32)
     assert np.array_equal(crf_labels(img, maps, None), crf_labels(img, maps, [9, 4]))
-    with pytest.raises(ValueError):
-        crf_labels(img, maps, [4], absent="keep")
+    with pytest.raises(ValueError, match="absent"):
+        CRFParams(absent="keep")
     with pytest.raises(TypeError):
-        crf_labels(img, maps, [4], n_iter=5)  # a misspelt CRF parameter is not ignored
+        CRFParams(n_iter=5)  # a misspelt CRF parameter is not ignored
+    with pytest.raises(TypeError):
+        crf_labels(img, maps, [4], {"n_iters": 5})  # nor the dict of the former API
     with pytest.raises(ValueError):
         crf_labels(img, maps, [21])
+
+
+def test_params_are_one_picklable_value():
+    p = CRFParams(n_iters=3, reduced=True, absent="drop")
+    assert pickle.loads(pickle.dumps(p)) == p  # shipped as is to the spawn workers
+    assert hash(p) == hash(CRFParams(n_iters=3, reduced=True, absent="drop"))
 
 
 def test_reduced_crf_matches_21_label_crf():
@@ -94,7 +102,8 @@ def test_reduced_crf_matches_21_label_crf():
         # merging the absent labels is exact: same marginals up to float32 rounding ...
         assert np.abs(q_merge - q_full).max() < 1e-4
         # ... while dropping them is not (so this comparison can fail)
-        assert np.abs(crf_marginals(img, maps, classes, absent="drop") - q_full).max() > 1e-3
+        drop = crf_marginals(img, maps, classes, CRFParams(absent="drop"))
+        assert np.abs(drop - q_full).max() > 1e-3
         full = crf_labels_full(img, maps)
         ours = crf_labels(img, maps, classes)
         assert set(np.unique(ours)) <= {0, *classes}
@@ -114,11 +123,12 @@ def test_pool_matches_in_process():
     partner_maps[:, 1:] = np.roll(partner_maps[:, 1:], 5, axis=-1)
     images2, maps2 = np.concatenate([images, images]), np.concatenate([maps, partner_maps])
     presents = SCENES + SCENES
-    serial = CRFPool(0).map(images2, maps2, presents)
+    reduced = CRFParams(reduced=True)
+    serial = CRFPool(0).map(images2, maps2, presents, reduced)
     with CRFPool(2) as pool:
         pool.warmup()
-        parallel = pool.map(images2, maps2, presents)
-        released = pool.map(images2, maps2, reduced=False)
+        parallel = pool.map(images2, maps2, presents, reduced)
+        released = pool.map(images2, maps2)
     assert np.array_equal(parallel, serial)
     for i in range(len(images2)):
         assert np.array_equal(serial[i], crf_labels(images2[i], maps2[i], presents[i]))

@@ -5,26 +5,38 @@ Two ways to run it:
 - released style: all C = 21 labels (``dense_crf`` / ``crf_labels_full``);
 - reduced: background + the present classes only (``crf_labels``).
 
+Every entry point takes one ``CRFParams`` (the CRF settings and how to run it).
+
 Why the reduced CRF decides as the 21-label one does: classes absent from the image-level label
 have all-zero maps, hence the same constant unary -log((1 - s) / 21) at every pixel and the same
 Potts messages, so their marginals stay equal to each other during mean field. By induction they
 never exceed the background's (its unary is lower everywhere as long as T > 0 and the filters
 are linear with non-negative weights), so they never win - but their mass is part of every
-per-pixel normaliser. ``absent="merge"`` (default) therefore replaces the m absent labels by ONE
-aggregate label with unary u_abs - log(m) and Potts weights w / m: it carries exactly their
-total mass, so every normaliser, hence every kept marginal, equals the 21-label CRF's up to
-float32 rounding. ``absent="drop"`` removes them outright: the kept marginals then grow by a
-per-pixel factor, the messages shift and about 1 % of the pixels can change (tool.dev.bench_crf).
+per-pixel normaliser. ``CRFParams.absent="merge"`` (default) therefore replaces the m absent
+labels by ONE aggregate label with unary u_abs - log(m) and Potts weights w / m: it carries
+exactly their total mass, so every normaliser, hence every kept marginal, equals the 21-label
+CRF's up to float32 rounding. ``absent="drop"`` removes them outright: the kept marginals then
+grow by a per-pixel factor, the messages shift and about 1 % of the pixels can change
+(tool.dev.bench_crf).
 
-``CRFPool`` runs a batch of images in worker processes (created once, reused across calls).
+``CRFPool`` runs a batch of images in worker processes (created once, reused across calls) that
+exit when the process that owns the pool dies, even by SIGKILL.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from argparse import Namespace
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
@@ -34,7 +46,15 @@ ABSENT_MODES = ("merge", "drop")
 
 @dataclass(frozen=True)
 class CRFParams:
-    """The CRF settings of METHOD.md 5.5 step 4 / section 9 (released values as defaults; D2)."""
+    """The dense-CRF settings of METHOD.md 5.5 step 4 / section 9, as one immutable object.
+
+    Built once per run (``from_config``) and passed as is down to the worker processes
+    (picklable). The defaults are the released values (D2), the only place besides
+    configs/base.yaml where they are written. ``reduced`` and ``absent`` say how to run the CRF,
+    not which CRF: reduced=False is the released 21-label CRF; reduced=True keeps background +
+    the present classes, with the absent ones merged into one label ("merge", exact) or dropped
+    ("drop"), METHOD.md 5.5 step 4 "Ours".
+    """
 
     n_iters: int = 6
     unary_scale: float = 0.5
@@ -43,13 +63,23 @@ class CRFParams:
     bi_sxy: float = 32 / 1.5
     bi_srgb: float = 10.0
     bi_compat: float = 10.0
+    reduced: bool = False
+    absent: str = "merge"
 
+    def __post_init__(self) -> None:
+        if self.absent not in ABSENT_MODES:
+            raise ValueError(f"CRFParams.absent must be one of {ABSENT_MODES}, "
+                             f"got {self.absent!r}")
 
-def crf_params(args) -> dict:
-    """The CRF parameters of a resolved config (``crf_iters``, ...) as ``CRFParams`` fields."""
-    return dict(n_iters=args.crf_iters, unary_scale=args.crf_unary_scale,
-                gauss_sxy=args.crf_gauss_sxy, gauss_compat=args.crf_gauss_compat,
-                bi_sxy=args.crf_bi_sxy, bi_srgb=args.crf_bi_srgb, bi_compat=args.crf_bi_compat)
+    @classmethod
+    def from_config(cls, args: Namespace) -> CRFParams:
+        """From a resolved config's ``crf_iters``, ``crf_unary_scale``, ..., ``crf_reduced``,
+        ``crf_absent`` (the ``plmix`` section of configs/base.yaml)."""
+        return cls(n_iters=int(args.crf_iters), unary_scale=float(args.crf_unary_scale),
+                   gauss_sxy=float(args.crf_gauss_sxy), gauss_compat=float(args.crf_gauss_compat),
+                   bi_sxy=float(args.crf_bi_sxy), bi_srgb=float(args.crf_bi_srgb),
+                   bi_compat=float(args.crf_bi_compat), reduced=bool(args.crf_reduced),
+                   absent=str(args.crf_absent))
 
 
 def softmax_unary(probs: np.ndarray, scale: float, n_labels: int | None = None,
@@ -95,20 +125,20 @@ def _infer(crf: dcrf.DenseCRF2D, unary: np.ndarray, n_iters: int, hw: tuple[int,
     return np.asarray(crf.inference(n_iters), dtype=np.float32).reshape(unary.shape[0], *hw)
 
 
-def dense_crf(image_hwc_uint8: np.ndarray, probs_chw: np.ndarray, n_iters: int = 6,
-              unary_scale: float = 0.5, gauss_sxy: float = 2.0, gauss_compat: float = 1.0,
-              bi_sxy: float = 32 / 1.5, bi_srgb: float = 10.0, bi_compat: float = 10.0
-              ) -> np.ndarray:
+def dense_crf(image_hwc_uint8: np.ndarray, probs_chw: np.ndarray,
+              params: CRFParams = CRFParams()) -> np.ndarray:
     """Released-style CRF over all C labels given: image (H, W, 3) uint8, probs (C, H, W)
-    (not necessarily a distribution) -> Q np (C, H, W) float32."""
-    p = CRFParams(n_iters, unary_scale, gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat)
-    crf = _build_crf(image_hwc_uint8, probs_chw.shape[0], p)
-    return _infer(crf, softmax_unary(probs_chw, unary_scale), n_iters, probs_chw.shape[1:])
+    (not necessarily a distribution) -> Q np (C, H, W) float32. ``params.reduced`` and
+    ``params.absent`` are not read."""
+    crf = _build_crf(image_hwc_uint8, probs_chw.shape[0], params)
+    return _infer(crf, softmax_unary(probs_chw, params.unary_scale), params.n_iters,
+                  probs_chw.shape[1:])
 
 
-def crf_labels_full(image: np.ndarray, maps: np.ndarray, **params) -> np.ndarray:
+def crf_labels_full(image: np.ndarray, maps: np.ndarray,
+                    params: CRFParams = CRFParams()) -> np.ndarray:
     """Released path: argmax (ties -> lowest id) of the 21-label CRF -> np (H, W) uint8."""
-    return dense_crf(image, maps, **params).argmax(0).astype(np.uint8)
+    return dense_crf(image, maps, params).argmax(0).astype(np.uint8)
 
 
 def kept_labels(present: Sequence[int] | np.ndarray | None, maps: np.ndarray) -> np.ndarray:
@@ -129,11 +159,10 @@ class _LabelSet:
     """The labels a reduced CRF runs over: the kept ids, plus (absent="merge") one aggregate
     for the m absent ids with unary u_abs - log(m) and Potts weights scaled by 1/m."""
 
-    def __init__(self, keep: np.ndarray, n_full: int, absent: str, p: CRFParams,
-                 dtype: np.dtype) -> None:
+    def __init__(self, keep: np.ndarray, n_full: int, p: CRFParams, dtype: np.dtype) -> None:
         self.keep, self.n_full, self.scale_u = keep, n_full, p.unary_scale
         self.missing = np.setdiff1d(np.arange(n_full), keep)
-        self.merge = bool(self.missing.size) and absent == "merge"
+        self.merge = bool(self.missing.size) and p.absent == "merge"
         self.ids, self.label_scale = keep, None
         if self.merge:
             m = self.missing.size
@@ -164,12 +193,11 @@ class _LabelSet:
 
 
 def _crf_group(image: np.ndarray, maps: np.ndarray, keep: np.ndarray | None, n_full: int,
-               absent: str, params: dict) -> np.ndarray:
+               p: CRFParams) -> np.ndarray:
     """Several maps over ONE image (own and partner maps share images): one lattice and one
     joint mean field for all of them (``_infer_stacked``). maps (G, K, H, W) hold the kept
     channels only (keep None: all n_full, the released path) -> np (G, H, W) uint8 label ids."""
-    p = CRFParams(**params)
-    labels = _LabelSet(np.arange(n_full) if keep is None else keep, n_full, absent, p, maps.dtype)
+    labels = _LabelSet(np.arange(n_full) if keep is None else keep, n_full, p, maps.dtype)
     g = len(maps)
     scale = None if labels.label_scale is None else np.tile(labels.label_scale, g)
     crf = _build_crf(image, g * labels.ids.size, p, scale)
@@ -203,24 +231,74 @@ def _infer_stacked(crf: dcrf.DenseCRF2D, unaries: np.ndarray, n_iters: int,
 
 
 def crf_labels(image: np.ndarray, maps: np.ndarray,
-               present: Sequence[int] | np.ndarray | None, *, absent: str = "merge",
-               **params) -> np.ndarray:
+               present: Sequence[int] | np.ndarray | None,
+               params: CRFParams = CRFParams()) -> np.ndarray:
     """CRF over background + present classes only, result mapped back to ids 0..C-1.
 
     image (H, W, 3) uint8; maps (C, H, W), C = 21, channel 0 = background; present: foreground
     ids in 1..C-1 (None: the non-zero channels). Channels outside ``present`` are taken as zero
-    (they are in the released maps) and not read. params: ``CRFParams`` fields.
+    (they are in the released maps) and not read. Always the reduced CRF (METHOD.md 6 uses it
+    for inference whatever ``crf_reduced`` says): ``params.reduced`` is not read.
     Returns np (H, W) uint8.
     """
-    _check_absent(absent)
+    _check_params(params)
     keep = kept_labels(present, maps)
     sub = np.ascontiguousarray(maps[keep])[None]
-    return _crf_group(image, sub, keep, maps.shape[0], absent, asdict(CRFParams(**params)))[0]
+    return _crf_group(image, sub, keep, maps.shape[0], params)[0]
 
 
-def _check_absent(absent: str) -> None:
-    if absent not in ABSENT_MODES:
-        raise ValueError(f"absent must be one of {ABSENT_MODES}, got {absent!r}")
+def _check_params(params: CRFParams) -> None:
+    # a dict or keyword arguments of the former API would otherwise fail deep inside a worker
+    if not isinstance(params, CRFParams):
+        raise TypeError(f"params must be a CRFParams, got {type(params).__name__}")
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit as soon as ``parent_pid`` (the pool's owner) is gone.
+
+    Workers block on the call queue, whose pipe every worker also holds open, so a SIGKILLed
+    trainer would otherwise leave them (and, through them, multiprocessing's resource tracker,
+    which exits when its last pipe writer is gone) running for good.
+    """
+    if _set_pdeathsig(signal.SIGKILL):
+        # the parent may have died before prctl: then nothing will signal us (we were
+        # re-parented, so getppid() changed)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        return
+    threading.Thread(target=_poll_parent, args=(parent_pid,), name="crf-parent-watch",
+                     daemon=True).start()
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies. True if set.
+
+    The kernel fires it when the parent *thread* that created this process exits, not the
+    parent process. ProcessPoolExecutor spawns workers from the thread that submits work or
+    from its manager thread (which lives as long as the pool); tool/cam/train.py creates and
+    uses the pool in its main thread, which lives as long as the run, so there the thread's
+    lifetime is the process's. A pool first used from a short-lived thread would lose its
+    workers with that thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # prctl is variadic: pass full-width unsigned longs, as the kernel reads them
+        args = (ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        return libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), *args) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _poll_parent(parent_pid: int, period_s: float = 1.0) -> None:
+    """Fallback where prctl is unavailable: a dead parent re-parents us, so getppid() changes."""
+    while os.getppid() == parent_pid:
+        time.sleep(period_s)
+    os._exit(1)
 
 
 class CRFPool:
@@ -229,6 +307,8 @@ class CRFPool:
     The executor is created once and reused by every call; use as a context manager or call
     ``close()``. ``mp_context`` defaults to "spawn" so workers inherit no CUDA/OpenMP state from a
     training process (the main script must then be import-safe: ``if __name__ == "__main__"``).
+    Workers exit when this process dies, however it dies (``_exit_with_parent``); create and
+    first use the pool in a thread that lives as long as the pool (the main thread).
     """
 
     def __init__(self, workers: int = 0, mp_context: str = "spawn") -> None:
@@ -236,20 +316,22 @@ class CRFPool:
         self._ex = None
         if self.workers > 1:
             ctx = multiprocessing.get_context(mp_context)
-            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx,
+                                           initializer=_exit_with_parent,
+                                           initargs=(os.getpid(),))
 
     def map(self, images: np.ndarray, maps: np.ndarray,
-            presents: Sequence[Sequence[int] | None] | None = None, *, reduced: bool = True,
-            absent: str = "merge", **params) -> np.ndarray:
+            presents: Sequence[Sequence[int] | None] | None = None,
+            params: CRFParams = CRFParams()) -> np.ndarray:
         """images np (N, H, W, 3) uint8, maps np (N, C, H, W) (e.g. float16) -> np (N, H, W) uint8.
 
-        reduced=False: the 21-label CRF. reduced=True: background + presents[i] (None, or an
-        entry None: the non-zero channels). params: ``CRFParams`` fields. Maps that share an
-        identical image and label set run on one CRF object (one lattice build): the training
-        batch holds every image twice, once with its own map and once as a partner.
+        params.reduced=False: the 21-label CRF. params.reduced=True: background + presents[i]
+        (None, or an entry None: the non-zero channels). Maps that share an identical image and
+        label set run on one CRF object (one lattice build): the training batch holds every
+        image twice, once with its own map and once as a partner.
         """
-        _check_absent(absent)
-        params = asdict(CRFParams(**params))  # validates the names before anything is shipped
+        _check_params(params)
+        reduced = params.reduced
         groups: dict[tuple[bytes, tuple[int, ...] | None], list[int]] = {}
         keeps: list[np.ndarray | None] = []
         for i in range(len(images)):
@@ -264,14 +346,21 @@ class CRFPool:
             keep = keeps[idx[0]]
             sub = maps[idx] if keep is None else maps[np.ix_(idx, keep)]
             jobs.append((np.ascontiguousarray(images[idx[0]]), np.ascontiguousarray(sub), keep,
-                         maps.shape[1], absent, params))
+                         maps.shape[1], params))
         if self._ex is None:
             results = [_crf_group(*job) for job in jobs]
         else:
             # longest jobs first (cost ~ maps x labels), so the workers finish together
             order = sorted(range(len(jobs)), key=lambda j: -jobs[j][1].shape[0] * (
                 jobs[j][1].shape[1] + 2))
-            done = dict(zip(order, self._ex.map(_crf_group, *zip(*[jobs[j] for j in order]))))
+            try:
+                done = dict(zip(order, self._ex.map(_crf_group,
+                                                    *zip(*[jobs[j] for j in order]))))
+            except BrokenProcessPool as e:
+                raise RuntimeError(
+                    f"CRF pool: a worker process died (killed, e.g. out of memory?); the pool "
+                    f"of {self.workers} workers is unusable (crf_workers: 0 runs in-process)"
+                ) from e
             results = [done[j] for j in range(len(jobs))]
         out = np.empty((len(images), *maps.shape[2:]), dtype=np.uint8)
         for idx, res in zip(groups.values(), results):
@@ -285,12 +374,19 @@ class CRFPool:
         # distinct images, so that they are not grouped into one job
         img = np.arange(self.workers, dtype=np.uint8)[:, None, None, None]
         img = np.broadcast_to(img, (self.workers, size, size, 3))
-        self.map(img, np.zeros((self.workers, 2, size, size), np.float32), reduced=False)
+        self.map(img, np.zeros((self.workers, 2, size, size), np.float32))
 
     def close(self) -> None:
-        if self._ex is not None:
-            self._ex.shutdown()
-            self._ex = None
+        """Stop the workers: queued jobs are cancelled, running ones finished. Idempotent.
+
+        The executor is detached first, so a second call (``__exit__`` after a handler, or at
+        interpreter shutdown) does nothing. A signal handler should raise (SystemExit,
+        KeyboardInterrupt) and let the ``with`` block close the pool rather than call this
+        itself: the executor's shutdown takes a lock that an interrupted ``map`` may hold.
+        """
+        ex, self._ex = self._ex, None
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> CRFPool:
         return self

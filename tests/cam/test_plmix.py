@@ -8,6 +8,7 @@ import torch
 
 from tool.cam import plmix
 from tool.cam.camutils import cam_maxnorm
+from tool.crf import CRFParams
 
 T16 = 0.300048828125  # float16(0.30), the nearest half to 0.30 (Q21)
 
@@ -234,13 +235,15 @@ def test_crf_pseudo_labels_present_classes_only():
     rows = [[2], [6, 11], [1, 19, 20]]
     lb = _label_bg(rows)
     full = plmix.crf_pseudo_labels(images, maps, lb, 0.3)
-    ours = plmix.crf_pseudo_labels(images.numpy(), maps, lb, 0.3, reduced=True)
+    ours = plmix.crf_pseudo_labels(images.numpy(), maps, lb, 0.3,
+                                   params=CRFParams(reduced=True))
     assert full.dtype == torch.int64 and full.shape == (n, size, size)
     for i, row in enumerate(rows):
         assert set(full[i].unique().tolist()) <= {0, *row}
         assert set(ours[i].unique().tolist()) <= {0, *row}
     assert (full == ours).float().mean() >= 0.995
-    one = plmix.crf_pseudo_labels(images[:1], maps[:1], lb[:1], 0.3, reduced=True)
+    one = plmix.crf_pseudo_labels(images[:1], maps[:1], lb[:1], 0.3,
+                                  params=CRFParams(reduced=True))
     assert torch.equal(one, ours[:1])
 
 

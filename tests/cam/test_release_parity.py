@@ -8,6 +8,8 @@ constants as config keys.
 from __future__ import annotations
 
 import math
+from argparse import Namespace
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -25,6 +27,7 @@ from tool.cam.msf import msf_cams
 from tool.cam.step import StepContext, TrainLosses, train_step
 from tool.common.config import BASE_CONFIG, load_config, parse_config_args
 from tool.common.runtime import epoch_generators
+from tool.crf import CRFParams
 
 
 def test_color_denorm_all_768_pairs_match_float64():
@@ -44,6 +47,18 @@ def test_color_denorm_all_768_pairs_match_float64():
 def test_crf_sxy_exact():
     plmix = load_config(BASE_CONFIG)["plmix"]
     assert plmix["crf_bi_sxy"] == 32 / 1.5 and plmix["crf_gauss_sxy"] == 3 / 1.5
+
+
+def test_crf_config_is_the_released_crf_reduced():
+    # base.yaml and the CRFParams defaults (the two places the values are written) agree
+    # exactly; the config only switches to ours: reduced, absent classes merged (exact)
+    cfg = Namespace(**load_config(BASE_CONFIG)["plmix"])
+    params = CRFParams.from_config(cfg)
+    assert params == replace(CRFParams(), reduced=True, absent="merge")
+    # the trainer's context builds it once from the config (None without CRF)
+    assert StepContext(cfg, 0, 0.3, None, None).crf == params
+    cfg.crf = False
+    assert StepContext(cfg, 0, 0.3, None, None).crf is None
 
 
 # ------------------------------------------------------------------ one training iteration

@@ -29,7 +29,7 @@ from tool.cam.vis import save_overlay
 from tool.common.dist import local_device, rank_world, shard
 from tool.common.fileio import save_npy_dict
 from tool.common.runtime import resolve_device, setup_logging
-from tool.crf import crf_labels, crf_params
+from tool.crf import CRFParams, crf_labels
 
 log = logging.getLogger("plmix")
 
@@ -42,10 +42,11 @@ def output_paths(args: Namespace, name: str) -> dict[str, Path]:
 
 
 def label_from_dict(d: dict[int, np.ndarray], camT: float, size_hw: tuple[int, int],
-                    image: np.ndarray | None = None, crf_kwargs: dict | None = None
+                    image: np.ndarray | None = None, crf: CRFParams | None = None
                     ) -> np.ndarray:
     """Label map (H, W) uint8 from a present-class dict: background = camT, argmax, or the
-    dense CRF over background + present classes when ``image`` (H, W, 3 uint8) is given."""
+    dense CRF over background + present classes when ``image`` (H, W, 3 uint8) is given
+    (settings ``crf``, None: the released ones; METHOD.md 6 step 5)."""
     maps = np.zeros((NUM_CLASSES, *size_hw), np.float32)
     maps[0] = camT
     for k, m in d.items():
@@ -53,11 +54,12 @@ def label_from_dict(d: dict[int, np.ndarray], camT: float, size_hw: tuple[int, i
     if image is None:
         return maps.argmax(0).astype(np.uint8)
     present = np.array(sorted(d), dtype=np.int64) + 1
-    return crf_labels(image, np.clip(maps, 0, 1), present, **(crf_kwargs or {})).astype(np.uint8)
+    return crf_labels(image, np.clip(maps, 0, 1), present,
+                      params=CRFParams() if crf is None else crf).astype(np.uint8)
 
 
 def infer_one(model, sample: dict, args: Namespace, camT: float, device: torch.device,
-              crf_kwargs: dict | None) -> None:
+              crf: CRFParams | None) -> None:
     """Forward all passes of one image and write every requested output."""
     name, size = sample["name"], tuple(sample["size"])
     paths = output_paths(args, name)
@@ -67,7 +69,7 @@ def infer_one(model, sample: dict, args: Namespace, camT: float, device: torch.d
         save_npy_dict(paths["cam_npy"], present_dict(cam, sample["label"]))
     if "png" in paths or "vis" in paths:
         rgb = np.asarray(load_image(image_path(args.voc12_root, name)))
-        label = label_from_dict(sgc_d, camT, size, rgb if args.crf else None, crf_kwargs)
+        label = label_from_dict(sgc_d, camT, size, rgb if args.crf else None, crf)
         if "png" in paths:
             save_label_png(label, paths["png"])
         if "vis" in paths:
@@ -95,8 +97,8 @@ def run(args: Namespace, model: torch.nn.Module, camT: float) -> int:
     ds = MultiScaleDataset(todo, args.voc12_root, load_cls_labels(args.cls_labels),
                            scales=args.infer_scales)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.num_workers)
-    crf_kwargs = {**crf_params(args), "absent": args.crf_absent} if args.crf else None
+    crf = CRFParams.from_config(args) if args.crf else None  # once per run
     model.eval().to(device)
     for sample in tqdm(loader, desc="infer", total=len(ds)):
-        infer_one(model, sample, args, camT, device, crf_kwargs)
+        infer_one(model, sample, args, camT, device, crf)
     return len(todo)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from tool.cam.camutils import cam_maxnorm
-from tool.crf import CRFPool
+from tool.crf import CRFParams, CRFPool
 
 LABEL_INTERP = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT}
 
@@ -59,16 +59,15 @@ def pseudo_labels(maps: torch.Tensor, label_bg: torch.Tensor, T: float) -> torch
 
 
 def crf_pseudo_labels(images: np.ndarray | torch.Tensor, maps: torch.Tensor,
-                      label_bg: torch.Tensor, T: float, *, reduced: bool = False,
-                      pool: CRFPool | None = None, absent: str = "merge", **crf_kwargs
-                      ) -> torch.Tensor:
+                      label_bg: torch.Tensor, T: float, *, pool: CRFPool | None = None,
+                      params: CRFParams = CRFParams()) -> torch.Tensor:
     """METHOD.md 5.5 step 4 with the dense CRF -> (N, H, W) long on ``maps.device``.
 
     images: (N, 3, H, W) uint8 (the de-normalised batch, numpy or torch); maps, label_bg as for
-    ``pseudo_labels``; the same float16 M is the CRF input. reduced=False is the released
-    21-label CRF; reduced=True runs background + present classes (``tool.crf.crf_labels``).
+    ``pseudo_labels``; the same float16 M is the CRF input. params: the CRF settings;
+    params.reduced=False (default) is the released 21-label CRF, params.reduced=True runs
+    background + present classes (``tool.crf.crf_labels``).
     pool: a ``CRFPool`` reused across calls (None: in this process, one image after another).
-    crf_kwargs: ``tool.crf.CRFParams`` fields.
     """
     m16 = pseudo_label_maps(maps, label_bg, T).cpu().numpy()
     imgs = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
@@ -76,7 +75,7 @@ def crf_pseudo_labels(images: np.ndarray | torch.Tensor, maps: torch.Tensor,
     present = label_bg.reshape(maps.shape[0], -1).detach().cpu().numpy()[:, 1:] > 0
     presents = [np.flatnonzero(row) + 1 for row in present]
     pool = CRFPool(0) if pool is None else pool
-    labels = pool.map(imgs, m16, presents, reduced=reduced, absent=absent, **crf_kwargs)
+    labels = pool.map(imgs, m16, presents, params)
     return torch.from_numpy(labels).long().to(maps.device)
 
 

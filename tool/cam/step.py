@@ -18,12 +18,17 @@ from torch import nn
 from tool.cam import losses as L
 from tool.cam import plmix
 from tool.cam.camutils import cam_maxnorm, cam_softmaxnorm, color_denorm
-from tool.crf import crf_params
+from tool.crf import CRFParams
 
 
 @dataclass
 class StepContext:
-    """What one iteration needs besides the batch: config, epoch state and generators."""
+    """What one iteration needs besides the batch: config, epoch state and generators.
+
+    ``crf``: the CRF settings of the pseudo labels (METHOD.md 5.5 step 4), None for none; left
+    None, it is built from ``args`` here when ``args.crf`` is on, once for this context, not
+    per iteration.
+    """
     args: Namespace
     epoch: int
     camT: float
@@ -31,7 +36,12 @@ class StepContext:
     gen: torch.Generator              # torch draws: partner permutation
     crf_pool: object | None = None    # tool.crf pool shared across iterations
     scaler: torch.amp.GradScaler | None = None  # float16 loss scaling (--amp with fp16)
+    crf: CRFParams | None = None
     losses: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.crf is None and self.args.crf:
+            self.crf = CRFParams.from_config(self.args)
 
     def active(self, start_key: str) -> bool:
         return self.epoch >= getattr(self.args, start_key)
@@ -154,12 +164,10 @@ def plmix_losses(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tenso
 def make_pseudo_labels(images: torch.Tensor, maps: torch.Tensor, label_bg: torch.Tensor,
                        ctx: StepContext) -> torch.Tensor:
     """Own and partner pseudo labels in one call, so the CRF pool sees the whole set at once."""
-    a = ctx.args
-    if not a.crf:
+    if ctx.crf is None:
         return plmix.pseudo_labels(maps, label_bg, ctx.camT)
-    return plmix.crf_pseudo_labels(
-        color_denorm(images), maps, label_bg, ctx.camT, pool=ctx.crf_pool,
-        reduced=a.crf_reduced, absent=a.crf_absent, **crf_params(a))
+    return plmix.crf_pseudo_labels(color_denorm(images), maps, label_bg, ctx.camT,
+                                   pool=ctx.crf_pool, params=ctx.crf)
 
 
 def view_losses(model, batch: dict, label: torch.Tensor, ctx: StepContext,

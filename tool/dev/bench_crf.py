@@ -18,7 +18,7 @@ import torch
 
 from data.voc import NUM_CLASSES
 from tool.cam.plmix import pseudo_label_maps
-from tool.crf import CRFPool, crf_labels_full
+from tool.crf import CRFParams, CRFPool, crf_labels_full
 
 # How many classes an image has, as on VOC train_aug (1-6 per image, mean 1.56: METHOD.md 1.2);
 # the CRF's cost depends on it through the number of labels it keeps.
@@ -119,7 +119,7 @@ def bench_crf(batch: int = 4, size: int = 448, workers: int = 2, repeats: int = 
         pool.warmup()
         for absent in absents:
             def ours(p: CRFPool, a: str = absent) -> np.ndarray:
-                return p.map(images, maps, presents, reduced=True, absent=a)
+                return p.map(images, maps, presents, CRFParams(reduced=True, absent=a))
 
             t_ser, c_ser, _ = _best_time(lambda: ours(CRFPool(0)), repeats)
             t_ours, _, lab = _best_time(lambda: ours(pool), repeats)

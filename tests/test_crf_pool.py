@@ -1,0 +1,97 @@
+"""The CRF worker pool's lifetime (tool/crf.py ``CRFPool``): no worker, and no multiprocessing
+resource tracker, outlives a SIGKILLed parent; a dead worker is a clear error. A few seconds
+(process start-up)."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tool.crf import CRFPool
+
+ROOT = Path(__file__).resolve().parents[1]
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+# the trainer's situation: a pool of 2 spawn workers, then the process is killed outright
+CHILD = textwrap.dedent("""
+    import sys
+    from multiprocessing import resource_tracker
+    from tool.crf import CRFPool
+
+    if __name__ == "__main__":
+        pool = CRFPool(2)
+        pool.warmup()
+        pids = list(pool._ex._processes)
+        tracker = resource_tracker._resource_tracker._pid
+        print(*pids, tracker or 0, flush=True)
+        sys.stdin.read()  # blocks until killed
+""")
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (dead, only its exit status left for a reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # the state follows "(comm)"
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            return proc.stdout.readline()
+    return ""
+
+
+@linux_only
+def test_workers_and_tracker_die_with_a_killed_parent(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as err_f:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD], cwd=ROOT, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_f)
+    try:
+        line = _read_line(proc, timeout=120)
+        assert line, f"the child printed no PIDs; stderr:\n{err.read_text()}"
+        *workers, tracker = map(int, line.split())
+        assert len(workers) == 2, line
+        pids = workers + ([tracker] if tracker else [])
+        assert not any(_gone(p) for p in pids), "a process was gone before the kill"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if not _gone(p)]
+    for p in alive:  # never leave them behind, even when the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive, (f"still running 20 s after the parent was killed: {alive} "
+                       f"(workers {workers}, resource tracker {tracker})")
+
+
+def test_dead_worker_is_a_clear_error():
+    images = np.zeros((2, 16, 16, 3), np.uint8)
+    images[1] = 1  # two distinct images: two jobs
+    maps = np.zeros((2, 2, 16, 16), np.float32)
+    with CRFPool(2) as pool:
+        pool.warmup()
+        os.kill(next(iter(pool._ex._processes)), signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="CRF pool"):
+            # the executor may notice the death only at the next call's results
+            for _ in range(50):
+                pool.map(images, maps)
