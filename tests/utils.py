@@ -35,3 +35,42 @@ def assert_missing_key_fails(backbone, state: dict, key: str, tmp_path: Path) ->
     torch.save({k: v for k, v in state.items() if k != key}, path)
     with pytest.raises(UserError, match=rf"broken\.pth lacks 1 keys.*{re.escape(key)}"):
         backbone.load_imagenet_weights(path)
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields after the command name in /proc/<pid>/stat (state, ppid, ...); None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, their children, ...), from /proc."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (st := _proc_stat(int(d.name))) is not None:
+            parent[int(d.name)] = int(st[1])
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found.update(kids)
+        todo.extend(kids)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The processes of ``pids`` still running (a zombie runs nothing: not alive)."""
+    return {p for p in pids if (st := _proc_stat(p)) is not None and st[0] != "Z"}
+
+
+def wait_until(cond, timeout: float, what: str) -> None:
+    """Poll ``cond()`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)

@@ -261,8 +261,12 @@ def _exit_with_parent(parent_pid: int) -> None:
 
     Workers block on the call queue, whose pipe every worker also holds open, so a SIGKILLed
     trainer would otherwise leave them (and, through them, multiprocessing's resource tracker,
-    which exits when its last pipe writer is gone) running for good.
+    which exits when its last pipe writer is gone) running for good. SIGINT and SIGTERM are
+    the trainer's to handle: a Ctrl-C reaches the whole process group, and a worker that died
+    of it would break the iteration the trainer finishes before it stops.
     """
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
     if _set_pdeathsig(signal.SIGKILL):
         # the parent may have died before prctl: then nothing will signal us (we were
         # re-parented, so getppid() changed)

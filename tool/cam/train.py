@@ -43,7 +43,7 @@ from tool.common.dist import (
 from tool.common.engine import Engine, EngineConfig, EpochResult, Stage
 from tool.common.runfolder import claim_run_folder
 from tool.common.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
-from tool.crf import CRFPool
+from tool.crf import CRFParams, CRFPool
 from tool.eval.evaluation import parse_t_range
 
 log = logging.getLogger("plmix")
@@ -84,6 +84,7 @@ class CAMStage(Stage):
 
     def __init__(self, args: Namespace, device: torch.device, crf_pool: CRFPool) -> None:
         self.args, self.device, self.crf_pool = args, device, crf_pool
+        self.crf = CRFParams.from_config(args) if args.crf else None  # built once per run
         self.train_set, self.val_set = build_loaders(args)
         check_batch_size(args, len(self.train_set))
         seed_everything(args.seed)  # the same initial weights for a fresh run and a resumed one
@@ -105,7 +106,7 @@ class CAMStage(Stage):
     def begin_epoch(self, epoch: int) -> StepContext:
         gens = EpochGenerators(self.args.seed, epoch, rank_world()[0])
         ctx = StepContext(self.args, epoch, self.camT, gens.rng, gens.gen, self.crf_pool,
-                          self.scaler)
+                          self.scaler, crf=self.crf)
         return _EpochState(ctx, gens)
 
     def step(self, model: torch.nn.Module, batch: dict, epoch_state: _EpochState

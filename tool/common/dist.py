@@ -6,6 +6,7 @@ wraps the model in DistributedDataParallel; inference only shards its image list
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import TypeVar
 
@@ -85,13 +86,26 @@ def all_reduce_sum(values: np.ndarray, device: torch.device) -> np.ndarray:
     return t.cpu().numpy()
 
 
+def _pack(obj: object) -> bytes:
+    """``obj`` as torch.save bytes: tensors inside objects do not survive the collectives'
+    plain pickling (their storages lose the dtype on the way), torch's own format does."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes) -> object:
+    # our own ranks' data (already-validated checkpoints, RNG states): no restricted unpickler
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
 def broadcast_object(obj: T) -> T:
     """Rank 0's ``obj`` on every rank (e.g. a checkpoint only rank 0's machine holds)."""
     if not is_distributed():
         return obj
-    box = [obj]
+    box = [_pack(obj) if is_main() else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return _unpack(box[0])
 
 
 def all_gather_object(obj: T) -> list[T]:
@@ -99,8 +113,8 @@ def all_gather_object(obj: T) -> list[T]:
     if not is_distributed():
         return [obj]
     box: list = [None] * rank_world()[1]
-    dist.all_gather_object(box, obj)
-    return box
+    dist.all_gather_object(box, _pack(obj))
+    return [_unpack(b) for b in box]
 
 
 def broadcast_buffers(module: nn.Module) -> None:

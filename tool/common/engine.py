@@ -346,7 +346,14 @@ class Engine:
         pos, self.state.position = self.state.position, None
         seed_everything(cfg.seed, ep, rank)
         epoch_state = s.begin_epoch(ep)
-        sums, n, done = np.zeros(len(s.loss_columns)), 0, 0
+        done = 0 if pos is None else pos["iteration"]
+        total = self._iters_per_epoch()
+        loader = epoch_loader(s.train_set, ep, cfg.batch_size, cfg.seed, cfg.num_workers,
+                              s.collate_fn, skip=done)
+        # the iterator first: it may draw its workers' seed from the global RNG at the epoch
+        # start (under torchrun), before the random states are restored to mid-epoch ones
+        batches = iter(loader)
+        sums, n = np.zeros(len(s.loss_columns)), 0
         lr, spent = s.optimizer.param_groups[0]["lr"], 0.0  # the rate this epoch trains with
         if pos is not None:  # mid-epoch: this rank's random states and sums where they were
             mine = pos["ranks"][rank]
@@ -354,12 +361,9 @@ class Engine:
             if hasattr(epoch_state, "load_state_dict"):
                 epoch_state.load_state_dict(mine["epoch_state"])
             sums, n = np.asarray(mine["sums"], np.float64), mine["n"]
-            done, lr, spent = pos["iteration"], pos["lr"], pos["seconds"]
+            lr, spent = pos["lr"], pos["seconds"]
         t0 = time.time() - spent
-        total = self._iters_per_epoch()
-        loader = epoch_loader(s.train_set, ep, cfg.batch_size, cfg.seed, cfg.num_workers,
-                              s.collate_fn, skip=done)
-        bar = tqdm(loader, desc=f"epoch {ep}", leave=False, disable=not is_main(),
+        bar = tqdm(batches, desc=f"epoch {ep}", leave=False, disable=not is_main(),
                    initial=done, total=total)
         for batch in bar:
             losses = s.step(s.module, batch, epoch_state)
