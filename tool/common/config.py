@@ -27,6 +27,9 @@ from tool.common.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
+# the sections each stage reads: every leaf of them is a flag of its entry point
+TRAIN_SECTIONS = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "quirks"]
+INFER_SECTIONS = ["run", "data", "model", "plmix", "eval", "infer"]
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
 
