@@ -11,6 +11,7 @@ from tool.common.config import (
     leaves,
     load_config,
     parse_config_args,
+    parse_overrides,
     resolve_config,
     str2bool,
 )
@@ -113,6 +114,15 @@ def test_resolve_config_errors_and_attrs():
     assert args.resume is True and args.given == frozenset()
     with pytest.raises(ValueError, match="'seed' is a config key"):
         resolve_config(CONFIG_DIR / "toy.yaml", ALL, attrs={"seed": 1})
+
+
+def test_parse_overrides_gives_the_flags_as_values():
+    over = parse_overrides(["--max_epoches", "1", "--crf", "--train_list={voc12_root}/x.txt"],
+                           ALL, CONFIG_DIR / "toy.yaml")
+    assert over == {"max_epoches": 1, "crf": True, "train_list": "{voc12_root}/x.txt"}
+    args = resolve_config(CONFIG_DIR / "toy.yaml", ALL, {**over, "voc12_root": "/v"})
+    assert args.train_list == "/v/x.txt"  # the reference resolves against the final root
+    assert parse_overrides([], ALL, CONFIG_DIR / "toy.yaml") == {}
 
 
 def test_unknown_key_in_file_is_an_error(tmp_path):

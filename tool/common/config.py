@@ -192,6 +192,14 @@ def resolve_config(path: str | Path, sections: list[str],
     return args
 
 
+def parse_overrides(argv: list[str], sections: list[str], config: str | Path,
+                    description: str = "") -> dict[str, Any]:
+    """The config flags in ``argv`` (``["--max_epoches", "1"]``) as :func:`resolve_config`
+    overrides: typed as the command line types them, ``{leaf}`` references left to resolve."""
+    ns = build_parser(load_config(config), sections, description, defaults=False).parse_args(argv)
+    return {k: v for k, v in vars(ns).items() if k != "config"}
+
+
 def _coerce(key: str, default: Any, val: Any) -> Any:
     """An override value as the flag ``--key`` would hold it."""
     if isinstance(val, os.PathLike):
