@@ -132,17 +132,8 @@ def main(argv: list[str] | None = None) -> ev.CurveResult | paired.PairedResult:
     names = load_img_name_list(args.list)
     res = ev.evaluate(names, args.predict_dir, args.gt_dir, args.type, thresholds,
                       args.num_workers)
-    if args.json:
-        save_text(args.json, json.dumps(res.to_json(), indent=2) + "\n")
-    if args.plot:
-        report.save_curve_plot(res, args.plot)
-    if args.logfile:
-        when = time.strftime("%Y-%m-%d %H:%M:%S")
-        report.append_log(args.logfile, report.log_record(res, args.comment, vars(args), when))
-    if len(res.miou) > 1:
-        print("\n".join(report.curve_lines(res)))
-    print(report.per_class_table(res))
-    print(report.result_line(res))
+    report.save_result(res, args.json, args.plot, args.logfile, args.comment, vars(args))
+    print("\n".join(report.printed_lines(res)))
     return res
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from tool.common.config import parse_config_args
+from tool.common.config import TRAIN_SECTIONS, parse_config_args
 from tool.common.errors import cli_main
 
-SECTIONS = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "quirks"]
+SECTIONS = TRAIN_SECTIONS
 
 
 def _extra(p) -> None:

@@ -1,6 +1,7 @@
 """Inference: the npy format of METHOD.md 6, label PNGs, and resume-by-skipping after a kill."""
 from __future__ import annotations
 
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from data.voc import load_cls_labels, load_img_name_list
 from tests.utils import tree_bytes
 from tool.cam import infer
 from tool.common import fileio
+from tool.common.errors import UserError
 
 
 def _infer(cfg, weights, out: Path, *extra):
@@ -67,7 +69,22 @@ def test_camT_comes_from_checkpoint_unless_given(tiny_config, trained, tmp_path,
     ck = torch.load(trained, weights_only=False)
     _infer(tiny_config, trained, tmp_path / "a")
     _infer(tiny_config, trained, tmp_path / "b", "--camT", "0.11")
-    assert seen == [pytest.approx(ck["camT"]), 0.11]
+    _infer(tiny_config, trained, tmp_path / "c", "--camT=0.12")
+    _infer(tiny_config, trained, tmp_path / "d", "--cam", "0.13")  # argparse abbreviation
+    assert seen == [pytest.approx(ck["camT"]), 0.11, 0.12, 0.13]
+
+
+def test_select_camT_given_then_checkpoint_then_config():
+    args = Namespace(camT=0.3, given=frozenset())
+    assert infer.select_camT(args, 0.45) == 0.45
+    assert infer.select_camT(args, None) == 0.3
+    args.given = frozenset({"camT"})
+    assert infer.select_camT(args, 0.45) == 0.3
+
+
+def test_missing_weights_is_a_user_error(tiny_config, tmp_path):
+    with pytest.raises(UserError, match="--weights is required"):
+        infer_cam.main(["--config", str(tiny_config), "--out_npy", str(tmp_path / "n")])
 
 
 def test_crf_pngs_use_the_shared_crf(tiny_config, trained, toy_voc, tmp_path, monkeypatch):
@@ -106,3 +123,20 @@ def test_plain_state_dict_weights_use_config_camT(tiny_config, trained, tmp_path
     torch.save(torch.load(trained, weights_only=False)["model"], plain)
     _infer(tiny_config, plain, tmp_path / "a")
     assert seen == [0.30]  # configs/base.yaml's camT: a plain state dict carries none
+
+
+def test_trained_network_reads_its_checkpoint_once_and_no_imagenet_file(tiny_config, trained,
+                                                                         monkeypatch):
+    from tool.cam import build
+    from tool.common import checkpoint
+    from tool.common.config import INFER_SECTIONS, parse_config_args
+
+    args = parse_config_args(["--config", str(tiny_config), "--backbone_weights", "/no/in1k.pth"],
+                             INFER_SECTIONS, "", tiny_config)
+    reads, real = [], checkpoint._torch_load
+    monkeypatch.setattr(checkpoint, "_torch_load", lambda p: reads.append(p) or real(p))
+    model, camT = build.load_trained(args, trained)
+    assert reads == [str(trained)] and args.backbone_weights == "/no/in1k.pth"  # args untouched
+    assert camT == pytest.approx(torch.load(trained, weights_only=False)["camT"])
+    want = torch.load(trained, weights_only=False)["model"]
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())

@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from tool.common.config import CONFIG_DIR, leaves, load_config, parse_config_args, str2bool
+from tool.common.config import (
+    CONFIG_DIR,
+    leaves,
+    load_config,
+    parse_config_args,
+    parse_overrides,
+    resolve_config,
+    str2bool,
+)
 from tool.common.errors import UserError
 
 ALL = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "infer", "quirks"]
@@ -51,6 +60,69 @@ def test_interpolation_follows_command_line():
                              ALL, "t", CONFIG_DIR / "base.yaml")
     assert args.gt == "/data/VOC/SegmentationClass"
     assert args.out_npy == "runs/x/npy_sgc"
+
+
+@pytest.mark.parametrize("argv", [["--camT", "0.3"], ["--camT=0.3"], ["--cam", "0.3"],
+                                  ["--camT=0.3", "--crf"], ["--crf", "--camT", "0.3"]],
+                         ids=["space", "equals", "abbreviated", "bare-bool-after", "bare-bool"])
+def test_given_names_the_keys_the_command_line_set(argv):
+    args = parse_config_args(["--config", str(CONFIG_DIR / "toy.yaml"), *argv], ALL, "t",
+                             CONFIG_DIR / "base.yaml")
+    assert args.camT == 0.3
+    assert args.given == ({"camT", "crf"} if "--crf" in argv else {"camT"})
+    assert "config" not in args.given  # the config file is no config key
+
+
+def test_given_is_empty_without_flags_even_when_a_value_equals_the_default():
+    base = load_config(CONFIG_DIR / "base.yaml")
+    assert parse_config_args([], ALL, "t", CONFIG_DIR / "base.yaml").given == frozenset()
+    args = parse_config_args(["--camT", str(base["plmix"]["camT"])], ALL, "t",
+                             CONFIG_DIR / "base.yaml")
+    assert args.given == {"camT"}  # given, though equal to the default
+
+
+def test_given_ignores_entry_point_flags():
+    def extra(p):
+        p.add_argument("--resume", action="store_true")
+
+    args = parse_config_args(["--resume", "--seed", "1"], ALL, "t", CONFIG_DIR / "base.yaml",
+                             extra)
+    assert args.resume is True and args.given == {"seed"}
+
+
+def test_resolve_config_equals_the_command_line():
+    argv = ["--config", str(CONFIG_DIR / "toy.yaml"), "--voc12_root", "/d/v", "--crf", "False",
+            "--resize_long", "96,128", "--weights", "None", "--max_epoches", "2"]
+    want = parse_config_args(argv, ALL, "t", CONFIG_DIR / "base.yaml")
+    got = resolve_config(CONFIG_DIR / "toy.yaml", ALL,
+                         {"voc12_root": Path("/d/v"), "crf": "False", "resize_long": [96, 128],
+                          "weights": "None", "max_epoches": 2})
+    assert vars(got) == vars(want)
+    assert got.train_list == "/d/v/ImageSets/Segmentation/train_aug.txt"  # interpolated
+    assert got.config_dict["data"]["voc12_root"] == "/d/v"
+    assert got.given == {"voc12_root", "crf", "resize_long", "weights", "max_epoches"}
+
+
+def test_resolve_config_errors_and_attrs():
+    with pytest.raises(UserError, match="unknown config key 'max_epochs'"):
+        resolve_config(CONFIG_DIR / "toy.yaml", ALL, {"max_epochs": 3})
+    with pytest.raises(UserError, match="unknown config key 'max_epoches'"):  # not its section
+        resolve_config(CONFIG_DIR / "toy.yaml", ["run", "infer"], {"max_epoches": 3})
+    with pytest.raises(UserError, match="config key 'crf'.*expected a boolean"):
+        resolve_config(CONFIG_DIR / "toy.yaml", ALL, {"crf": "maybe"})
+    args = resolve_config(CONFIG_DIR / "toy.yaml", ALL, attrs={"resume": True})
+    assert args.resume is True and args.given == frozenset()
+    with pytest.raises(ValueError, match="'seed' is a config key"):
+        resolve_config(CONFIG_DIR / "toy.yaml", ALL, attrs={"seed": 1})
+
+
+def test_parse_overrides_gives_the_flags_as_values():
+    over = parse_overrides(["--max_epoches", "1", "--crf", "--train_list={voc12_root}/x.txt"],
+                           ALL, CONFIG_DIR / "toy.yaml")
+    assert over == {"max_epoches": 1, "crf": True, "train_list": "{voc12_root}/x.txt"}
+    args = resolve_config(CONFIG_DIR / "toy.yaml", ALL, {**over, "voc12_root": "/v"})
+    assert args.train_list == "/v/x.txt"  # the reference resolves against the final root
+    assert parse_overrides([], ALL, CONFIG_DIR / "toy.yaml") == {}
 
 
 def test_unknown_key_in_file_is_an_error(tmp_path):

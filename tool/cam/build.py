@@ -1,7 +1,9 @@
-"""What a training run is made of: the CAM network of the config, the data sets, and the
-per-epoch loader (a DistributedSampler under torchrun, so ``--batch_size`` is per process)."""
+"""What a run is made of: the CAM network of the config and the weights it starts from (ImageNet
+for training, a trained checkpoint for inference), the data sets, and the per-epoch loader (a
+DistributedSampler under torchrun, so ``--batch_size`` is per process)."""
 from __future__ import annotations
 
+import os
 from argparse import Namespace
 
 import torch
@@ -12,8 +14,9 @@ from data.datasets import MultiScaleDataset, TrainDataset, collate_train
 from data.voc import NUM_CLASSES, load_cls_labels, load_img_name_list
 from net.cam_net import CAMNet
 from net.norm import sync_batchnorm
-from net.weights import load_cam_weights
+from net.weights import load_cam_weights, no_weights
 from tool.common import engine
+from tool.common.checkpoint import read_checkpoint
 from tool.common.dist import is_distributed, rank_world, shard, wrap_ddp
 from tool.common.errors import UserError
 from tool.common.runtime import amp_dtype
@@ -22,7 +25,6 @@ from tool.common.runtime import amp_dtype
 def check_weights_given(args: Namespace) -> None:
     """Fail at once, naming the file to get, when the config trains from ImageNet weights."""
     from net.backbones import weights_hint
-    from net.weights import no_weights
 
     if args.imagenet_required and no_weights(args.backbone_weights) and no_weights(args.weights):
         raise UserError(f"backbone {args.backbone} trains from ImageNet weights: pass "
@@ -30,19 +32,49 @@ def check_weights_given(args: Namespace) -> None:
                         " (or --imagenet_required False to train from scratch)")
 
 
-def build_model(args: Namespace, device: torch.device) -> CAMNet:
-    """The CAM network of the config, with ImageNet weights and/or CAM-net weights."""
+def build_network(args: Namespace,
+                  backbone_weights: str | os.PathLike | None = None) -> CAMNet:
+    """The CAM network the config describes (backbone, strides, width, BN mode), on the CPU.
+
+    ``backbone_weights``: a local ImageNet file for the backbone, loaded at construction as
+    CAMNet does (METHOD.md 2.1); None = random initialisation. ``args.backbone_weights`` and
+    ``args.weights`` are not read: the caller says which weights the network starts from.
+    """
     kw = {"trainable_bn": args.trainable_bn}
     if args.backbone_strides:
         kw["strides"] = tuple(args.backbone_strides)
     if args.backbone_width != 1.0:
         kw["width"] = args.backbone_width
-    model = CAMNet(args.backbone, num_classes=NUM_CLASSES,
-                   backbone_weights=args.backbone_weights, **kw)
-    if args.weights:
-        load_cam_weights(model, args.weights)
+    return CAMNet(args.backbone, num_classes=NUM_CLASSES, backbone_weights=backbone_weights,
+                  **kw)
+
+
+def on_device(model: CAMNet, args: Namespace, device: torch.device | str) -> CAMNet:
+    """``model`` on ``device`` with the autocast dtype of ``--amp`` for that device."""
     model.amp_dtype = amp_dtype(args.amp, args.amp_dtype, torch.device(device))
     return model.to(device)
+
+
+def build_model(args: Namespace, device: torch.device | str) -> CAMNet:
+    """The network training starts from: ImageNet weights ``args.backbone_weights`` in the
+    backbone, then CAM-net weights ``args.weights`` over the whole network when given."""
+    model = build_network(args, backbone_weights=args.backbone_weights)
+    if not no_weights(args.weights):
+        load_cam_weights(model, args.weights)
+    return on_device(model, args, device)
+
+
+def load_trained(args: Namespace, path: str | os.PathLike,
+                 device: torch.device | str = "cpu") -> tuple[CAMNet, float | None]:
+    """The network of the config with the trained weights of the checkpoint ``path`` (ours,
+    released, MuSCLe or a plain state dict; METHOD.md 6 step 1), read once; no ImageNet file
+    is read, the checkpoint holds every weight. Returns it with the checkpoint's ``camT``
+    (None when the file records none, e.g. a plain state dict)."""
+    ckpt = read_checkpoint(path)
+    model = build_network(args)
+    load_cam_weights(model, path, checkpoint=ckpt)
+    camT = ckpt.get("camT") if isinstance(ckpt, dict) else None
+    return on_device(model, args, device), None if camT is None else float(camT)
 
 
 def ddp_model(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:

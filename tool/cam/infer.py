@@ -24,9 +24,12 @@ from data.voc import (
     load_img_name_list,
     save_label_png,
 )
+from net.weights import no_weights
+from tool.cam.build import load_trained
 from tool.cam.msf import msf_cams, present_dict
 from tool.cam.vis import save_overlay
 from tool.common.dist import local_device, rank_world, shard
+from tool.common.errors import UserError
 from tool.common.fileio import save_npy_dict
 from tool.common.runtime import resolve_device, setup_logging
 from tool.crf import CRFParams, crf_labels
@@ -102,3 +105,22 @@ def run(args: Namespace, model: torch.nn.Module, camT: float) -> int:
     for sample in tqdm(loader, desc="infer", total=len(ds)):
         infer_one(model, sample, args, camT, device, crf)
     return len(todo)
+
+
+def select_camT(args: Namespace, checkpoint_camT: float | None) -> float:
+    """The background threshold of the label PNGs (METHOD.md 6 step 1): ``camT`` when the
+    command line (or a caller's overrides) set it, else the one the checkpoint records
+    (selected during training, METHOD.md 5.6), else the config's."""
+    if "camT" in getattr(args, "given", ()) or checkpoint_camT is None:
+        return args.camT
+    return float(checkpoint_camT)
+
+
+def run_checkpoint(args: Namespace) -> int:
+    """Infer with the trained checkpoint ``args.weights`` at the camT :func:`select_camT`
+    picks; returns how many images were written (see :func:`run`)."""
+    setup_logging()  # before loading: the log names the keys a released checkpoint ignores
+    if no_weights(args.weights):
+        raise UserError("--weights is required: the trained checkpoint (e.g. runs/demo/best.ckpt)")
+    model, ckpt_camT = load_trained(args, args.weights)
+    return run(args, model, select_camT(args, ckpt_camT))

@@ -7,13 +7,17 @@ an unknown key is an error. Every leaf is also a command-line flag under its own
 ``--voc12_root``, ``--max_epoches``, ``--camT``, ``--crf True``, ...
 
 Entry points see the resolved config as a flat ``argparse.Namespace`` (``args.crop_size``) and
-keep the nested dict (``args.config_dict``) to save it with checkpoints and outputs.
+keep the nested dict (``args.config_dict``) to save it with checkpoints and outputs;
+``args.given`` names the keys the command line set (a default may yield to a checkpoint's value).
+Library callers resolve a config with a dict of values instead of flags (:func:`resolve_config`).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,9 @@ from tool.common.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
+# the sections each stage reads: every leaf of them is a flag of its entry point
+TRAIN_SECTIONS = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "quirks"]
+INFER_SECTIONS = ["run", "data", "model", "plmix", "eval", "infer"]
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
 
@@ -110,15 +117,21 @@ def _parse_optional_str(text: str) -> str | None:
     return None if text.strip() in ("", "None", "none", "null") else text
 
 
-def build_parser(cfg: dict, sections: list[str], description: str) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per leaf of the chosen sections (defaults from cfg)."""
+def build_parser(cfg: dict, sections: list[str], description: str,
+                 defaults: bool = True) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per leaf of the chosen sections (defaults from cfg).
+
+    ``defaults=False``: no defaults at all (``argparse.SUPPRESS``), so a parse holds exactly
+    the flags given, however spelled (``--camT=0.3``, ``--cam 0.3``).
+    """
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (see configs/)")
     for sec in sections:
         g = p.add_argument_group(sec)
         for key, val in cfg[sec].items():
-            kw: dict[str, Any] = {"default": val, "type": _arg_type(val), "metavar": key.upper()}
+            kw: dict[str, Any] = {"default": val if defaults else argparse.SUPPRESS,
+                                  "type": _arg_type(val), "metavar": key.upper()}
             if isinstance(val, bool):
                 kw.update(nargs="?", const=True, metavar="BOOL")
             g.add_argument(f"--{key}", **kw)
@@ -127,27 +140,89 @@ def build_parser(cfg: dict, sections: list[str], description: str) -> argparse.A
 
 def parse_config_args(argv: list[str] | None, sections: list[str], description: str,
                       default_config: str | Path,
-                      extra: callable | None = None) -> argparse.Namespace:
+                      extra: Callable[[argparse.ArgumentParser], None] | None = None
+                      ) -> argparse.Namespace:
     """Resolve ``--config`` + flag overrides into a flat Namespace.
 
     ``extra(parser)`` may add entry-point flags that are not config keys (``--resume``).
-    The namespace carries ``config_dict`` (the resolved nested config) and ``config_path``.
+    The namespace carries ``config_dict`` (the resolved nested config), ``config_path`` and
+    ``given``: the config keys set on the command line.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=str(default_config))
     known, _ = pre.parse_known_args(argv)
     cfg = load_config(known.config)
-    parser = build_parser(cfg, sections, description)
+    parsers = [build_parser(cfg, sections, description, defaults=d) for d in (True, False)]
     if extra is not None:
-        extra(parser)
-    args = parser.parse_args(argv)
-    args.config = known.config
+        for p in parsers:
+            extra(p)
+    args = parsers[0].parse_args(argv)
+    # the same parse without defaults holds what the command line set: argparse itself
+    # resolves every spelling (``--camT=0.3``, abbreviations), which a scan of argv would not
+    keys = {k for sec in sections for k in cfg[sec]}
+    given = keys & set(vars(parsers[1].parse_args(argv)))
+    return _resolved(cfg, sections, args, known.config, given)
+
+
+def resolve_config(path: str | Path, sections: list[str],
+                   overrides: dict[str, Any] | None = None,
+                   attrs: dict[str, Any] | None = None) -> argparse.Namespace:
+    """The Namespace :func:`parse_config_args` makes, from values instead of flags.
+
+    ``overrides`` play the command line: keys of the chosen sections (any other is a UserError),
+    strings parsed as the flag would parse them (``"False"``, ``"448,768"``, ``"None"``),
+    paths as strings, other values as given; ``args.given`` names them. ``attrs`` are set on
+    the Namespace as they are: the entry-point flags a library function reads
+    (``tool.cam.train.run`` reads ``resume`` and ``overwrite``).
+    """
+    cfg = load_config(path)
+    overrides = dict(overrides or {})
+    defaults = {k: v for sec in sections for k, v in cfg[sec].items()}
+    args = argparse.Namespace(**defaults)
+    for key, val in overrides.items():
+        if key not in defaults:  # as an unknown flag would be
+            raise UserError(f"unknown config key {key!r} (sections {', '.join(sections)} of "
+                            f"{path})")
+        setattr(args, key, _coerce(key, defaults[key], val))
+    args = _resolved(cfg, sections, args, str(path), set(overrides))
+    for key, val in (attrs or {}).items():
+        if hasattr(args, key):  # a config key belongs in overrides (and config_dict)
+            raise ValueError(f"attrs: {key!r} is a config key or a resolved attribute")
+        setattr(args, key, val)
+    return args
+
+
+def parse_overrides(argv: list[str], sections: list[str], config: str | Path,
+                    description: str = "") -> dict[str, Any]:
+    """The config flags in ``argv`` (``["--max_epoches", "1"]``) as :func:`resolve_config`
+    overrides: typed as the command line types them, ``{leaf}`` references left to resolve."""
+    ns = build_parser(load_config(config), sections, description, defaults=False).parse_args(argv)
+    return {k: v for k, v in vars(ns).items() if k != "config"}
+
+
+def _coerce(key: str, default: Any, val: Any) -> Any:
+    """An override value as the flag ``--key`` would hold it."""
+    if isinstance(val, os.PathLike):
+        val = os.fspath(val)
+    if not isinstance(val, str):
+        return val
+    try:
+        return _arg_type(default)(val)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise UserError(f"config key {key!r}: {e}") from None
+
+
+def _resolved(cfg: dict, sections: list[str], args: argparse.Namespace, path: str,
+              given: set[str]) -> argparse.Namespace:
+    """Write the chosen sections' values back into ``cfg``, expand references, attach."""
+    args.config = path
     for sec in sections:
         for key in cfg[sec]:
             cfg[sec][key] = getattr(args, key)
     _interpolate(cfg, args)
     args.config_dict = cfg
-    args.config_path = known.config
+    args.config_path = path
+    args.given = frozenset(given)
     return args
 
 

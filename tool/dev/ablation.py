@@ -29,7 +29,7 @@ from tool.common.fileio import atomic_save, save_text
 from tool.dev.demo import infer_and_eval, train
 from tool.eval import paired
 
-VARIANTS = (("MCL", "False"), ("MCL+PL-Mix", "True"))
+VARIANTS = (("MCL", False), ("MCL+PL-Mix", True))  # (name, plmix)
 REGIMES = {"scratch": "configs/toy.yaml", "pretrained": "configs/toy_pretrained.yaml"}
 
 
@@ -49,8 +49,7 @@ def shared_prefix(config: str, voc: str, out: Path, seed: int) -> None:
         return
     if not (base / "last.ckpt").exists() or \
             load_checkpoint(base / "last.ckpt")["epoch"] < mix_start - 1:
-        train(config, base, voc,
-              ["--plmix", "False", "--seed", str(seed), "--max_epoches", str(mix_start)])
+        train(config, base, voc, {"plmix": False, "seed": seed, "max_epoches": mix_start})
     mix.mkdir(parents=True, exist_ok=True)
     # the PL-Mix folder starts as a straight run's folder at that epoch: best.ckpt too (the
     # best epoch last.ckpt records), then last.ckpt, which marks the fork as done
@@ -59,11 +58,11 @@ def shared_prefix(config: str, voc: str, out: Path, seed: int) -> None:
     shutil.copyfile(base / "last.ckpt", mix / "last.ckpt")
 
 
-def run_one(config: str, voc: str, val_list: str, out: Path, variant: str, plmix: str,
+def run_one(config: str, voc: str, val_list: str, out: Path, variant: str, plmix: bool,
             seed: int) -> dict:
     """Train one (variant, seed), infer + evaluate val at its selected camT."""
     folder = run_dir(out, variant, seed)
-    train(config, folder, voc, ["--plmix", plmix, "--seed", str(seed)])
+    train(config, folder, voc, {"plmix": plmix, "seed": seed})
     best = folder / "best.ckpt" if (folder / "best.ckpt").exists() else folder / "last.ckpt"
     camT = float(load_checkpoint(best)["camT"])
     res = infer_and_eval(config, voc, best, folder, val_list,

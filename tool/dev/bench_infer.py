@@ -21,7 +21,7 @@ def measure(config: str, voc12_root: str) -> dict:
     from tool.dev.bench_train import setup
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, _, model, _ = setup(config, voc12_root, ["--out_npy", tmp])
+        cfg, _, model, _ = setup(config, voc12_root, {"out_npy": tmp})
         t0 = time.perf_counter()
         n = infer.run(cfg, model, cfg.camT)
         return {"images": n, "seconds": time.perf_counter() - t0}

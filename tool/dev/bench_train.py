@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import time
 from itertools import cycle, islice
+from typing import Any
 
 import torch
 
-import train_mcl
-from tool.common.config import parse_config_args
+from tool.common.config import TRAIN_SECTIONS, resolve_config
 from tool.common.dist import barrier, init_distributed, local_device, rank_world, wrap_ddp
 from tool.common.runtime import epoch_generators, resolve_device
 from tool.crf import CRFPool
@@ -31,24 +31,25 @@ def add_args(group: argparse._ArgumentGroup) -> None:
                        help="DDP processes of the second column (0 = skip it)")
 
 
-def setup(config: str, voc12_root: str, extra: list[str] | None = None):
+def setup(config: str, voc12_root: str, overrides: dict[str, Any] | None = None):
     """(config namespace, device, model, (train set, val set)) with a fixed random init."""
     from tool.cam.build import build_loaders, build_model
 
-    cfg = parse_config_args(["--config", config, "--voc12_root", voc12_root, *(extra or [])],
-                            train_mcl.SECTIONS + ["infer"], "", config)
+    cfg = resolve_config(config, TRAIN_SECTIONS + ["infer"],
+                         {"voc12_root": voc12_root, **(overrides or {})})
     device = local_device(resolve_device(cfg.device))
     torch.manual_seed(0)
     return cfg, device, build_model(cfg, device), build_loaders(cfg)
 
 
-def measure(config: str, voc12_root: str, iters: int, extra: list[str] | None = None) -> dict:
+def measure(config: str, voc12_root: str, iters: int,
+            overrides: dict[str, Any] | None = None) -> dict:
     """Seconds per iteration of every phase; under torchrun, of the DDP step on each rank's own
     data (all ranks step together: the gradient all-reduce synchronises them)."""
     from tool.cam.build import epoch_loader
     from tool.cam.step import StepContext, TrainLosses, train_step
 
-    cfg, device, net, (train_ds, _) = setup(config, voc12_root, extra)
+    cfg, device, net, (train_ds, _) = setup(config, voc12_root, overrides)
     init_distributed(device)  # under torchrun; nothing otherwise
     model = wrap_ddp(TrainLosses(net))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def worker(args: argparse.Namespace) -> dict:
     """One rank of the DDP column: one CRF process each, as the cores are shared."""
-    return measure(args.train_config, args.voc12_root, args.train_iters, ["--crf_workers", "1"])
+    return measure(args.train_config, args.voc12_root, args.train_iters, {"crf_workers": 1})
 
 
 if __name__ == "__main__":

@@ -10,12 +10,17 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-import eval_cam
-import infer_cam
-import train_mcl
+from data.voc import load_img_name_list
 from tool.common.checkpoint import load_checkpoint, save_checkpoint
-from tool.common.config import load_config, parse_config_args
+from tool.common.config import (
+    INFER_SECTIONS,
+    TRAIN_SECTIONS,
+    load_config,
+    parse_overrides,
+    resolve_config,
+)
 from tool.common.errors import cli_main
 from tool.common.fileio import save_text
 
@@ -27,11 +32,17 @@ def _rel(p: Path) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
-def train(cfg: str, out: Path, voc: str, extra: list[str]) -> None:
-    args = ["--config", cfg, "--session_name", str(out), "--voc12_root", voc, *extra]
-    if (out / "last.ckpt").exists():
-        args.append("--resume")
-    train_mcl.main(args)
+def train(cfg: str, out: Path, voc: str, overrides: dict[str, Any] | None = None,
+          overwrite: bool = False) -> dict:
+    """Train ``cfg`` (with config ``overrides``) into ``out``, continuing its last.ckpt if any
+    (what ``train_mcl.py ... --resume`` does); ``overwrite`` starts over instead."""
+    from tool.cam import train as training
+
+    resume = not overwrite and (out / "last.ckpt").exists()
+    args = resolve_config(cfg, TRAIN_SECTIONS,
+                          {"session_name": str(out), "voc12_root": voc, **(overrides or {})},
+                          attrs={"resume": resume, "overwrite": overwrite})
+    return training.run(args)
 
 
 def save_untrained(cfg: str, out: Path, voc: str) -> Path:
@@ -42,8 +53,7 @@ def save_untrained(cfg: str, out: Path, voc: str) -> Path:
 
     path = out / "untrained.ckpt"
     if not path.exists():
-        args = parse_config_args(["--config", cfg, "--voc12_root", voc],
-                                 train_mcl.SECTIONS, "", cfg)
+        args = resolve_config(cfg, TRAIN_SECTIONS, {"voc12_root": voc})
         torch.manual_seed(args.seed)
         model = build_model(args, device="cpu")
         save_checkpoint(path, {"model": model.state_dict(), "camT": args.camT})
@@ -52,22 +62,31 @@ def save_untrained(cfg: str, out: Path, voc: str) -> Path:
 
 def infer_and_eval(cfg: str, voc: str, weights: Path, folder: Path, val_list: str,
                    gt: str, t: float | None, vis: bool) -> dict:
-    """Infer the val split with ``weights`` into ``folder`` and evaluate it (curve + t)."""
-    argv = ["--config", cfg, "--voc12_root", voc, "--weights", str(weights),
-            "--infer_list", val_list, "--out_npy", str(folder / "npy_sgc"),
-            "--out_png", str(folder / "png") if vis else "None",
-            "--out_vis", str(folder / "vis") if vis else "None", "--crf", "False"]
-    infer_cam.main(argv)
-    ev = ["--list", val_list, "--predict_dir", str(folder / "npy_sgc"), "--gt_dir", gt,
-          "--type", "npy", "--curve", "--json", str(folder / "eval.json"),
-          "--plot", str(folder / "curve.png"), "--comment", f"demo {folder.name}",
-          "--logfile", str(folder / "eval.log")]
-    eval_cam.main(ev)
-    curve = json.loads((folder / "eval.json").read_text())
+    """Infer the val split with ``weights`` into ``folder`` and evaluate it: the curve
+    (eval.json, curve.png, eval.log) and, when ``t`` is given, the mIoU at ``t``."""
+    from tool.cam import infer
+    from tool.eval import evaluation as ev
+    from tool.eval import report
+
+    npy = folder / "npy_sgc"
+    args = resolve_config(cfg, INFER_SECTIONS, {
+        "voc12_root": voc, "weights": weights, "infer_list": val_list, "out_npy": npy,
+        "out_png": folder / "png" if vis else None, "out_vis": folder / "vis" if vis else None,
+        "crf": False})
+    infer.run_checkpoint(args)  # at the checkpoint's camT (METHOD.md 6 step 1)
+    names = load_img_name_list(val_list)
+    workers = ev.default_num_workers()
+    curve = ev.evaluate(names, npy, gt, "npy", ev.parse_t_range(ev.DEFAULT_T_RANGE), workers)
+    report.save_result(curve, folder / "eval.json", folder / "curve.png", folder / "eval.log",
+                       f"demo {folder.name}",
+                       {"list": val_list, "predict_dir": str(npy), "gt_dir": gt, "type": "npy",
+                        "t_range": ev.DEFAULT_T_RANGE})
+    print("\n".join(report.printed_lines(curve)))
     if t is None:
-        return {"t": curve["best"]["t"], "miou": curve["best"]["miou"], "curve": curve}
-    at_t = eval_cam.main(ev[:8] + ["--t", repr(t)])
-    return {"t": t, "miou": at_t.best_miou, "curve": curve}
+        return {"t": curve.best_t, "miou": curve.best_miou, "curve": curve.to_json()}
+    at_t = ev.evaluate(names, npy, gt, "npy", [t], workers)
+    print("\n".join(report.printed_lines(at_t)))
+    return {"t": t, "miou": at_t.best_miou, "curve": curve.to_json()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,14 +94,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--config", default="configs/toy.yaml")
     p.add_argument("--voc12_root", default="data/toy_voc")
     p.add_argument("--out", default="runs/demo")
-    a, extra = p.parse_known_args(argv)
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the training run in --out over instead of continuing it "
+                        "(inference outputs already there are kept, and skipped: delete them)")
+    a, extra = p.parse_known_args(argv)  # the rest: training flags (--max_epoches 1)
+    overrides = parse_overrides(extra, TRAIN_SECTIONS, a.config, "training flags")
     t0 = time.time()
     out = Path(a.out)
     cfg = load_config(a.config)
     val_list = str(Path(a.voc12_root) / "ImageSets/Segmentation/val.txt")
     gt = str(Path(a.voc12_root) / "SegmentationClass")
     print(f"== [1/3] training {a.config} on {a.voc12_root} -> {out}", flush=True)
-    train(a.config, out, a.voc12_root, extra)
+    train(a.config, out, a.voc12_root, overrides, a.overwrite)
     best = out / "best.ckpt" if (out / "best.ckpt").exists() else out / "last.ckpt"
     camT = float(load_checkpoint(best)["camT"])
     print(f"== [2/3] inference + evaluation of {best.name} on the held-out val split", flush=True)

@@ -1,8 +1,10 @@
-"""Reporting for ``eval_cam.py``: the result line, the per-class table, the curve plot and the
-appended evaluation log."""
+"""Reporting for ``eval_cam.py`` and in-process callers (tool/dev/demo.py): the result line, the
+per-class table, the curve plot, the JSON file and the appended evaluation log."""
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 from tool.common.errors import UserError
@@ -30,6 +32,29 @@ def per_class_table(res: CurveResult) -> str:
 
 def curve_lines(res: CurveResult) -> list[str]:
     return [f"t={format_t(t)}\tmIoU={v:.3f}%" for t, v in zip(res.thresholds, res.miou)]
+
+
+def printed_lines(res: CurveResult) -> list[str]:
+    """What eval_cam.py prints: the curve (when there is one), the per-class table, and last
+    the result line."""
+    return (curve_lines(res) if len(res.miou) > 1 else []) + [per_class_table(res),
+                                                              result_line(res)]
+
+
+def save_result(res: CurveResult, json_path: str | os.PathLike | None = None,
+                plot: str | os.PathLike | None = None, logfile: str | os.PathLike | None = None,
+                comment: str = "", log_args: dict | None = None) -> None:
+    """Write what eval_cam.py's ``--json``, ``--plot`` and ``--logfile`` ask for (None: not
+    that one); ``comment`` and ``log_args`` (what was evaluated) go into the log record."""
+    from tool.common.fileio import save_text
+
+    if json_path:
+        save_text(json_path, json.dumps(res.to_json(), indent=2) + "\n")
+    if plot:
+        save_curve_plot(res, plot)
+    if logfile:
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        append_log(logfile, log_record(res, comment, log_args or {}, when))
 
 
 def save_curve_plot(res: CurveResult, path: str | os.PathLike) -> None:
