@@ -25,9 +25,11 @@ def _extra(p) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml", _extra)
     from tool.cam import train
 
+    args.resume_command = train.resume_command("train_mcl.py", argv)
     return train.run(args)
 
 

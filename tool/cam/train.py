@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import sys
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -169,12 +168,11 @@ def selection_score(val: ValResult, with_gt: bool) -> float:
     return val.best_miou if with_gt else val.cls_map
 
 
-def resume_command() -> str:
-    """The command line that continues this run: this one with ``--resume`` (not
-    ``--overwrite``), as the user typed it."""
-    argv = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
-    return " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).name, *argv,
-                                             "--resume"])
+def resume_command(script: str, argv: list[str]) -> str:
+    """The command line that continues a run started by ``script argv``: the same with
+    ``--resume`` instead of ``--overwrite`` (under torchrun: the same launcher)."""
+    argv = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return " ".join(shlex.quote(a) for a in ["python", script, *argv, "--resume"])
 
 
 def engine_config(args: Namespace, device: torch.device, out: Path) -> EngineConfig:
@@ -182,7 +180,8 @@ def engine_config(args: Namespace, device: torch.device, out: Path) -> EngineCon
                         num_workers=args.num_workers, seed=args.seed, device=device,
                         log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                         tblog_dir=args.tblog_dir, config=args.config_dict, resume=args.resume,
-                        resume_command=resume_command())
+                        resume_command=getattr(args, "resume_command",
+                                               "the same training command with --resume"))
 
 
 def run(args: Namespace) -> dict:

@@ -41,7 +41,8 @@ def train(cfg: str, out: Path, voc: str, overrides: dict[str, Any] | None = None
     resume = not overwrite and (out / "last.ckpt").exists()
     args = resolve_config(cfg, TRAIN_SECTIONS,
                           {"session_name": str(out), "voc12_root": voc, **(overrides or {})},
-                          attrs={"resume": resume, "overwrite": overwrite})
+                          attrs={"resume": resume, "overwrite": overwrite,
+                                 "resume_command": "the same demo command (it resumes)"})
     return training.run(args)
 
 
