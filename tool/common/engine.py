@@ -1,4 +1,4 @@
-"""The training engine every stage runs on (METHOD.md 10): the epoch loop, checkpoints, exact
+"""The training engine every stage runs on (METHOD.md 12): the epoch loop, checkpoints, exact
 resume (also mid-epoch), preemption, ``metrics.csv``, TensorBoard.
 
 A stage hands over a :class:`Stage`: its network, optimizer, scheduler, training set, one step
