@@ -3,10 +3,12 @@ logging."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -76,6 +78,36 @@ def epoch_generators(seed: int, epoch: int, rank: int = 0
     g = torch.Generator(device="cpu")
     g.manual_seed(int(np.random.SeedSequence(_key([seed, epoch, 2], rank)).generate_state(1)[0]))
     return rng, g
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int, loader_workers: int = 0) -> int:
+    """Set torch's intra-op threads (and OpenCV's) for this process; returns the count.
+
+    ``threads`` > 0 is used as given. 0 (auto) sizes them together with everything else that
+    runs at the same time on this machine's cores: the cores are shared by the torchrun
+    processes of this machine (LOCAL_WORLD_SIZE), and within a process the DataLoader workers
+    compute while the network does, so each takes a core. (CRF workers run while the process
+    waits for them, so they do not count.) An ``OMP_NUM_THREADS`` set by the user wins over
+    auto. Oversubscribed OpenMP threads spin on each other: on 2 cores, 2 torch threads beside
+    a loader worker made a toy epoch several times slower than 1 thread (README, Threads).
+    """
+    if threads <= 0:
+        if os.environ.get("OMP_NUM_THREADS"):
+            threads = torch.get_num_threads()
+        else:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+            threads = max(1, available_cores() // local - loader_workers)
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    return threads
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
