@@ -121,7 +121,6 @@ T_RANGE = Rule("t_range")  # "START:STOP:STEP", 0 <= START < STOP, STEP > 0
 RULES: dict[str, Rule] = {
     # run
     "session_name": TEXT,
-    "device": TEXT,  # auto | cpu | cuda | cuda:N, resolved at run time (D5)
     "seed": integer(ge=0),
     "amp_dtype": one_of("auto", "bf16", "fp16"),
     # data
