@@ -23,6 +23,7 @@ import copy
 import decimal
 import functools
 import math
+import numbers
 import operator
 import os
 import re
@@ -221,10 +222,12 @@ def _to_int(value: Any) -> int:
                 v = float(v)
             except ValueError:
                 raise ValueError(f"expected an integer, got {_show(value)}") from None
-    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+    if isinstance(v, bool):
+        raise ValueError(f"expected an integer, got {_show(value)}")
+    if isinstance(v, numbers.Integral):  # numpy integers too
+        return int(v)
+    if isinstance(v, numbers.Real) and math.isfinite(v) and float(v).is_integer():
         return int(v)  # 2.0 and "1e3" lose nothing
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
     raise ValueError(f"expected an integer, got {_show(value)}")
 
 
@@ -235,7 +238,7 @@ def _to_float(value: Any) -> float:
             v = float(v.strip())  # "1e-4": YAML 1.1 reads it as a string
         except ValueError:
             raise ValueError(f"expected a number, got {_show(value)}") from None
-    if isinstance(v, bool) or not isinstance(v, int | float):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise ValueError(f"expected a number, got {_show(value)}")
     if not math.isfinite(v):
         raise ValueError(f"expected a finite number, got {_show(value)}")
@@ -292,7 +295,7 @@ def check_value(rule: Rule, value: Any) -> Any:
         value = os.fspath(value)
     given = value  # errors show the value as written
     if rule.kind == "bool":
-        if isinstance(value, int) and value in (0, 1):  # True, False, YAML 0 / 1
+        if isinstance(value, numbers.Integral) and value in (0, 1):  # True, False, YAML 0 / 1
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
             return str2bool(value)
@@ -306,7 +309,7 @@ def check_value(rule: Rule, value: Any) -> Any:
             if rule.optional:
                 return None
             raise ValueError(f"must be given (not null, None or empty), got {_show(value)}")
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
+        if isinstance(value, bool) or not isinstance(value, str | numbers.Real):
             raise ValueError(f"expected a string, got {_show(value)}")
         value = str(value)  # session_name: 2024
     elif rule.kind == "int":
@@ -394,16 +397,14 @@ _KEY_LINE = re.compile(r"^(\s*)(\w+):(.*)$")
 
 
 def _split_comment(text: str) -> tuple[str, str]:
-    """``value  # comment`` -> (value, comment); a ``#`` inside quotes is no comment."""
-    quote = None
-    for i, ch in enumerate(text):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or text[i - 1].isspace()):
-            return text[:i].strip(), text[i + 1:].strip()
-    return text.strip(), ""
+    """``value  # comment`` -> (value, comment); a ``#`` inside a quoted value is no comment."""
+    s = text.strip()
+    end = s.find(s[0], 1) + 1 if s[:1] in ("'", '"') else 0  # past a quoted scalar
+    m = re.search(r"(^|\s)#", s[end:])
+    if not m:
+        return s, ""
+    cut = end + m.start() + len(m.group(1))
+    return s[:cut].strip(), s[cut + 1:].strip()
 
 
 @functools.cache
