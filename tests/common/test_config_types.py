@@ -242,3 +242,11 @@ def test_every_key_has_a_description():
     assert set(keys) == set(base)
     assert not [k for k, text in keys.items() if not text]
     assert keys["select_with_gt"].endswith("picks best (METHOD.md 5.6)")  # continued lines
+
+
+def test_library_overrides_of_numpy_scalars_become_python_numbers():
+    import numpy as np
+
+    args = resolve_config(CONFIG_DIR / "toy.yaml", ALL,
+                          {"max_epoches": np.int64(3), "lr": np.float32(0.5), "camT": 1 / 4})
+    assert type(args.max_epoches) is int and type(args.lr) is float and args.camT == 0.25
