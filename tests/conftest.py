@@ -11,6 +11,7 @@ _base_: {base}
 run:
   session_name: {out}/run
   seed: 7
+  threads: 1
 data:
   voc12_root: {voc}
   train_list: "{{voc12_root}}/ImageSets/Segmentation/train_aug.txt"

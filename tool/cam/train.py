@@ -41,7 +41,13 @@ from tool.common.dist import (
 )
 from tool.common.engine import Engine, EngineConfig, EpochResult, Stage
 from tool.common.runfolder import claim_run_folder
-from tool.common.runtime import epoch_generators, resolve_device, seed_everything, setup_logging
+from tool.common.runtime import (
+    configure_threads,
+    epoch_generators,
+    resolve_device,
+    seed_everything,
+    setup_logging,
+)
 from tool.crf import CRFParams, CRFPool
 from tool.eval.evaluation import parse_t_range
 
@@ -187,6 +193,7 @@ def engine_config(args: Namespace, device: torch.device, out: Path) -> EngineCon
 def run(args: Namespace) -> dict:
     """Train (in every process of a torchrun launch); returns the final state summary."""
     check_weights_given(args)
+    configure_threads(args.threads, args.num_workers)
     device = local_device(resolve_device(args.device))
     init_distributed(device)
     out = Path(args.session_name)

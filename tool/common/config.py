@@ -132,6 +132,7 @@ RULES: dict[str, Rule] = {
     "view_min_side": integer(gt=0),
     "jitter": list_of(number(ge=0), 4),
     "num_workers": integer(ge=0),
+    "threads": integer(ge=0),
     # model
     "backbone": one_of("effb3", "efflite0", "resnet50", "resnet38", "resnet18"),
     "backbone_strides": list_of(Rule("int", choices=(1, 2)), 0, 3),
