@@ -11,7 +11,7 @@ PY=${PY:-.venv/bin/python}
 NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per GPU); 1 = plain
 
 source tool/launcher.sh          # RUN: "$PY", or torchrun when NPROC > 1
-eval "$("$PY" -m tool.common.config --config "$CONFIG" --get session_name infer_list gt)"
+eval "$("$PY" -m tool.common.config --config "$CONFIG" "$@" --get session_name infer_list gt)"
 OUT=$SESSION_NAME/infer
 
 "${RUN[@]}" infer_cam.py --config "$CONFIG" --weights "$SESSION_NAME/best.ckpt" \

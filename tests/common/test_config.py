@@ -157,3 +157,13 @@ def test_run_scripts_are_valid_bash():
 
     for script in ("run_train.sh", "run_infer.sh", "tool/launcher.sh"):
         assert subprocess.run(["bash", "-n", str(CONFIG_DIR.parent / script)]).returncode == 0
+
+
+def test_get_takes_a_run_scripts_extra_arguments(capsys):
+    """run_infer.sh passes its arguments to inference and to ``--get`` alike: the evaluation
+    then reads the list inference used, and entry-point flags are ignored here."""
+    from tool.common import config
+
+    config.main(["--config", "configs/toy.yaml", "--infer_list", "other.txt", "--overwrite",
+                 "--crf", "--get", "infer_list", "crf"])
+    assert capsys.readouterr().out.split() == ["INFER_LIST=other.txt", "CRF=True"]

@@ -597,6 +597,20 @@ def _interpolate(cfg: dict, args: argparse.Namespace) -> None:
             setattr(args, key, body[key])
 
 
+def config_flags(argv: list[str], cfg: dict) -> list[str]:
+    """``argv`` without the flags that are not config keys (an entry point's own, such as
+    ``--overwrite``), each with its value if it has one: a run script hands its extra
+    arguments to an entry point and here alike."""
+    known = {f"--{k}" for k in leaves(cfg)} | {"--config"}
+    out, keep = [], False
+    for a in argv:
+        if a.startswith("--"):
+            keep = a.split("=", 1)[0] in known
+        if keep:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m tool.common.config --config X [--flag V ...] --get key [key ...]``: print
     resolved values as shell assignments (``INFER_LIST='...'``) for the run scripts."""
@@ -611,8 +625,8 @@ def main(argv: list[str] | None = None) -> None:
     keys, rest = argv[i + 1:], argv[:i]
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=str(CONFIG_DIR / "toy.yaml"))
-    sections = list(load_config(pre.parse_known_args(rest)[0].config))
-    args = parse_config_args(rest, sections, "", CONFIG_DIR / "toy.yaml")
+    cfg = load_config(pre.parse_known_args(rest)[0].config)
+    args = parse_config_args(config_flags(rest, cfg), list(cfg), "", CONFIG_DIR / "toy.yaml")
     for k in keys:
         if not hasattr(args, k):
             raise UserError(f"unknown config key {k!r}")
