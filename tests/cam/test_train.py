@@ -391,3 +391,52 @@ def test_too_little_disk_space_is_refused(tiny_config, tmp_path, monkeypatch):
     _no_compute(monkeypatch)
     with pytest.raises(UserError, match=r"1\.0 MiB free on its disk, the checkpoints need "):
         _train(tiny_config, "--session_name", str(tmp_path / "r"))
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_metrics_stay_behind(tiny_config, tmp_path,
+                                                                      monkeypatch):
+    import errno
+
+    import tool.common.checkpoint as C
+
+    run, real_save = tmp_path / "r", C.torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        if obj.get("epoch") == 1:  # epoch 0 is saved, epoch 1 finds the disk full
+            f.write(b"part of a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f, *a, **kw)
+
+    _scored(monkeypatch, 20.0, 10.0)  # epoch 1 is no new best: last.ckpt is its first write
+    monkeypatch.setattr(C.torch, "save", full_disk)
+    with pytest.raises(UserError) as e:
+        _train(tiny_config, "--session_name", str(run))
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {run / 'last.ckpt'}: No space left on device; free "
+                          "space, then continue the run with ") and msg.endswith("--resume")
+    assert "\n" not in msg
+    assert load_checkpoint(run / "last.ckpt")["epoch"] == 0
+    assert len(read_metrics(run / "metrics.csv")) == 1  # not ahead of last.ckpt
+    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "last.ckpt", "metrics.csv",
+                                                     "train.log"]  # no temporary, no lock
+
+    monkeypatch.setattr(C.torch, "save", real_save)  # space freed: the run goes on
+    _scored(monkeypatch, 10.0)
+    _train(tiny_config, "--session_name", str(run), "--resume")
+    assert load_checkpoint(run / "last.ckpt")["epoch"] == 1
+    assert len(read_metrics(run / "metrics.csv")) == 2
+
+
+def test_full_disk_at_a_mid_epoch_checkpoint(tiny_config, tmp_path, monkeypatch):
+    import errno
+
+    import tool.common.checkpoint as C
+
+    def full_disk(obj, f, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C.torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"^cannot write .*last\.ckpt: No space left on device; "
+                                        r"free space, then start the run again$"):
+        _train(tiny_config, "--session_name", str(tmp_path / "r"), "--checkpoint_every", "1")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["train.log"]
