@@ -185,15 +185,14 @@ def test_rerun_with_other_settings_is_refused_and_overwrite_starts_clean(
     out, fresh = tmp_path / "o", tmp_path / "fresh"
     _infer(tiny_config, trained, out)
     before = tree_bytes(out)
-    prov = json.loads((out / "npy" / ".provenance.json").read_text())["outputs"]["npy"]
-    assert prov["infer_scales"] == [0.75, 1.0] and prov["backbone"] == "resnet18"
-    assert prov["checkpoint_sha256"] == hashlib.sha256(trained.read_bytes()).hexdigest()
-
     with pytest.raises(UserError) as e:
         _infer(tiny_config, trained, out, "--infer_scales", "1.0")
     msg = str(e.value)
     assert "\n" not in msg and "infer_scales [0.75, 1.0] -> [1.0]" in msg
     assert all(str(out / d) in msg for d in ("npy", "cam", "png")) and "--overwrite" in msg
+    prov = json.loads((out / "npy" / ".provenance.json").read_text())["outputs"]["npy"]
+    assert prov["infer_scales"] == [0.75, 1.0] and prov["backbone"] == "resnet18"
+    assert prov["checkpoint_sha256"] == hashlib.sha256(trained.read_bytes()).hexdigest()
     other = _other_checkpoint(trained, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match=r"^.*npy \(checkpoint_sha256 [0-9a-f]{12} -> "):
         _infer(tiny_config, other, out)
@@ -238,7 +237,7 @@ def test_outputs_without_a_record_are_refused(tiny_config, trained, tmp_path):
     out = tmp_path / "o"
     _infer(tiny_config, trained, out)
     for d in ("npy", "cam", "png"):  # as left by a version that recorded nothing
-        (out / d / ".provenance.json").unlink()
+        (out / d / ".provenance.json").unlink(missing_ok=True)
     with pytest.raises(UserError, match=r"its npy files record no settings"):
         _infer(tiny_config, trained, out)
     assert _infer(tiny_config, trained, out, "--overwrite") == 4
