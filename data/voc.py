@@ -50,15 +50,24 @@ def parse_list_line(line: str) -> str:
 
 
 def load_img_name_list(path: str | os.PathLike) -> list[str]:
-    """Read a list file (either form, blank lines skipped) into underscore names."""
+    """Read a list file (either form, blank lines skipped) into underscore names. A name listed
+    twice is an error: it would be trained on twice as often and counted twice by the
+    evaluator (METHOD.md 1.1)."""
     try:
         with open(path) as f:
-            names = [parse_list_line(ln) for ln in f if ln.strip()]
+            lines = [(i, parse_list_line(ln)) for i, ln in enumerate(f, 1) if ln.strip()]
     except OSError as e:
         raise UserError(f"cannot read list file {path}: {e.strerror}") from None
-    if not names:
+    except UnicodeDecodeError:
+        raise UserError(f"list file {path} is not text") from None
+    if not lines:
         raise UserError(f"list file {path} is empty")
-    return names
+    first: dict[str, int] = {}
+    for i, name in lines:
+        if name in first:
+            raise UserError(f"list file {path} names {name} twice (lines {first[name]} and {i})")
+        first[name] = i
+    return [name for _, name in lines]
 
 
 def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -74,12 +83,34 @@ def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return d
 
 
+def label_problem(label: object) -> str | None:
+    """What is wrong with one ``cls_labels`` entry (None: a multi-hot vector, METHOD.md 1.2):
+    not numeric, not 20 values, NaN, or values other than 0 and 1."""
+    try:
+        arr = np.asarray(label)
+    except Exception:  # noqa: BLE001 - any object numpy cannot take is a bad entry
+        return f"a {type(label).__name__}, not a vector"
+    if arr.dtype.kind not in "biuf":
+        return f"dtype {arr.dtype}, expected numbers"
+    if arr.shape != (NUM_FG,):
+        return f"shape {arr.shape}, expected ({NUM_FG},)"
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        return "holds NaN"
+    if not np.isin(arr, (0, 1)).all():
+        return f"values {sorted(set(np.unique(arr).tolist()) - {0, 1})[:3]} besides 0 and 1"
+    return None
+
+
 def lookup_labels(cls_labels: dict, names: list[str], where: str = "cls_labels.npy") -> np.ndarray:
-    """Stack the (20,) labels of ``names`` into an (N, 20) float32 array; absent name -> error."""
+    """Stack the (20,) labels of ``names`` into an (N, 20) float32 array; an absent name or a
+    bad vector (:func:`label_problem`) -> error."""
     out = np.zeros((len(names), NUM_FG), np.float32)
     for i, n in enumerate(names):
         if n not in cls_labels:
             raise UserError(f"image {n} has no entry in {where}")
+        bad = label_problem(cls_labels[n])
+        if bad is not None:
+            raise UserError(f"the label of {n} in {where} is bad: {bad}")
         out[i] = np.asarray(cls_labels[n], np.float32)
     return out
 

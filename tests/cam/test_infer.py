@@ -1,6 +1,8 @@
 """Inference: the npy format of METHOD.md 6, label PNGs, and resume-by-skipping after a kill."""
 from __future__ import annotations
 
+import hashlib
+import json
 from argparse import Namespace
 from pathlib import Path
 
@@ -140,3 +142,119 @@ def test_trained_network_reads_its_checkpoint_once_and_no_imagenet_file(tiny_con
     assert camT == pytest.approx(torch.load(trained, weights_only=False)["camT"])
     want = torch.load(trained, weights_only=False)["model"]
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+
+
+# -- preflight and provenance (METHOD.md 12.7, METHOD.md 6 step 5) ---------------------------
+
+def _other_checkpoint(trained, path):
+    """The trained checkpoint with slightly other weights (another training run)."""
+    ck = torch.load(trained, weights_only=False)
+    ck["model"] = {k: v + 0.05 if v.is_floating_point() else v for k, v in ck["model"].items()}
+    torch.save(ck, path)
+    return path
+
+
+def test_preflight_reports_every_problem_before_loading(tiny_config, trained, toy_voc,
+                                                        tmp_path, monkeypatch):
+    import shutil
+
+    voc = tmp_path / "voc"
+    shutil.copytree(toy_voc, voc)
+    name = (voc / "ImageSets/Segmentation/val.txt").read_text().split()[0]
+    (voc / "JPEGImages" / f"{name}.jpg").unlink()
+    (tmp_path / "npy").write_text("x")
+    monkeypatch.setattr(infer, "load_trained", lambda *a: pytest.fail("model loaded"))
+    with pytest.raises(UserError) as e:
+        infer_cam.main(["--config", str(tiny_config), "--weights", str(trained),
+                        "--voc12_root", str(voc), "--out_npy", str(tmp_path / "npy"),
+                        "--out_png", str(tmp_path / "p"), "--out_vis", str(tmp_path / "p"),
+                        "--out_cam_npy", str(voc / "JPEGImages")])
+    assert str(e.value).splitlines() == [
+        "preflight found 4 problems:",
+        f"  - image not found: {voc / 'JPEGImages' / name}.jpg",
+        f"  - --out_npy {tmp_path / 'npy'} is a file, not a folder",
+        f"  - --out_cam_npy {voc / 'JPEGImages'} is the image folder: its files would be taken "
+        "for finished outputs or overwritten",
+        f"  - --out_vis and --out_png are the same folder {tmp_path / 'p'}: their .png files "
+        "would overwrite each other"]
+    assert not (tmp_path / "p").exists()
+
+
+def test_rerun_with_other_settings_is_refused_and_overwrite_starts_clean(
+        tiny_config, trained, tmp_path):
+    out, fresh = tmp_path / "o", tmp_path / "fresh"
+    _infer(tiny_config, trained, out)
+    before = tree_bytes(out)
+    with pytest.raises(UserError) as e:
+        _infer(tiny_config, trained, out, "--infer_scales", "1.0")
+    msg = str(e.value)
+    assert "\n" not in msg and "infer_scales [0.75, 1.0] -> [1.0]" in msg
+    assert all(str(out / d) in msg for d in ("npy", "cam", "png")) and "--overwrite" in msg
+    prov = json.loads((out / "npy" / ".provenance.json").read_text())["outputs"]["npy"]
+    assert prov["infer_scales"] == [0.75, 1.0] and prov["backbone"] == "resnet18"
+    assert prov["checkpoint_sha256"] == hashlib.sha256(trained.read_bytes()).hexdigest()
+    other = _other_checkpoint(trained, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match=r"^.*npy \(checkpoint_sha256 [0-9a-f]{12} -> "):
+        _infer(tiny_config, other, out)
+    with pytest.raises(UserError) as e:  # camT changes the label PNGs only
+        _infer(tiny_config, trained, out, "--camT", "0.21")
+    assert str(e.value).startswith(f"{out / 'png'} (camT ") and str(out / "npy") not in str(
+        e.value)
+    with pytest.raises(UserError, match=r"crf none -> on"):
+        _infer(tiny_config, trained, out, "--crf", "True")
+    assert tree_bytes(out) == before  # every refusal before any output
+
+    assert _infer(tiny_config, other, out, "--overwrite") == 4
+    _infer(tiny_config, other, fresh)
+    assert tree_bytes(out) == tree_bytes(fresh)  # no file of the first run survives
+    assert _infer(tiny_config, other, out) == 0  # same settings: resumed as before
+
+
+def test_overwrite_removes_outputs_of_images_outside_the_list(tiny_config, trained, toy_voc,
+                                                              tmp_path):
+    out = tmp_path / "o"
+    _infer(tiny_config, trained, out)
+    val = (toy_voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    short = tmp_path / "short.txt"
+    short.write_text(val[0] + "\n")
+    (out / "npy" / "notes.txt").write_text("kept")
+    assert _infer(tiny_config, trained, out, "--infer_list", str(short), "--overwrite") == 1
+    assert sorted(p.name for p in (out / "npy").iterdir()) == [
+        ".provenance.json", f"{val[0]}.npy", "notes.txt"]
+
+
+def test_same_settings_resume_also_with_another_list(tiny_config, trained, toy_voc, tmp_path):
+    out = tmp_path / "o"
+    val = (toy_voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    part = tmp_path / "part.txt"
+    part.write_text("\n".join(val[:2]) + "\n")
+    assert _infer(tiny_config, trained, out, "--infer_list", str(part)) == 2
+    assert _infer(tiny_config, trained, out) == 2  # the other two; the list is no setting
+    assert _infer(tiny_config, trained, out) == 0
+
+
+def test_outputs_without_a_record_are_refused(tiny_config, trained, tmp_path):
+    out = tmp_path / "o"
+    _infer(tiny_config, trained, out)
+    for d in ("npy", "cam", "png"):  # as left by a version that recorded nothing
+        (out / d / ".provenance.json").unlink(missing_ok=True)
+    with pytest.raises(UserError, match=r"its npy files record no settings"):
+        _infer(tiny_config, trained, out)
+    assert _infer(tiny_config, trained, out, "--overwrite") == 4
+
+
+def test_library_callers_may_replace_stale_outputs(tiny_config, trained, tmp_path):
+    """What the demo does: outputs of another checkpoint are replaced, the same kept."""
+    from tool.common.config import INFER_SECTIONS, resolve_config
+
+    other = _other_checkpoint(trained, tmp_path / "other.ckpt")
+
+    def run(weights):
+        args = resolve_config(tiny_config, INFER_SECTIONS,
+                              {"weights": str(weights), "out_npy": str(tmp_path / "o")},
+                              attrs={"replace_stale": True})
+        return infer.run_checkpoint(args)
+
+    assert run(trained) == 4 and run(trained) == 0 and run(other) == 4
+    _infer(tiny_config, other, tmp_path / "fresh")
+    assert tree_bytes(tmp_path / "o") == tree_bytes(tmp_path / "fresh" / "npy")

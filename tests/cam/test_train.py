@@ -89,7 +89,7 @@ def test_corrupt_jpeg(tiny_config, toy_voc, tmp_path):
 def test_name_absent_from_cls_labels(tiny_config, toy_voc, tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text("2026_999999\n")
-    with pytest.raises(UserError, match="2026_999999 has no entry"):
+    with pytest.raises(UserError, match="without an entry in .*cls_labels.npy: 2026_999999"):
         _train(tiny_config, "--train_list", str(lst), "--session_name", str(tmp_path / "r"))
 
 
@@ -309,3 +309,134 @@ def test_stale_lock_and_temporaries_of_a_killed_run(tiny_config, tmp_path):
     assert "removed 1 temporary file(s)" in log and ".last.ckpt.k1ll3d_x.tmp" in log
     assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "last.ckpt", "metrics.csv",
                                                       "train.log"]
+
+
+# -- the preflight (METHOD.md 12.7) and failed checkpoint writes ----------------------------
+
+def _no_compute(monkeypatch):
+    import tool.cam.train as T
+
+    monkeypatch.setattr(T, "build_model", lambda *a: pytest.fail("model built"))
+    monkeypatch.setattr(T, "build_loaders", lambda *a: pytest.fail("data sets built"))
+
+
+def test_preflight_reports_every_problem_before_any_compute(tiny_config, toy_voc, tmp_path,
+                                                            monkeypatch):
+    voc = _copy_voc(toy_voc, tmp_path)
+    seg = voc / "ImageSets/Segmentation"
+    a, b, c, d, e = (seg / "train_aug.txt").read_text().split()[:5]
+    (voc / "JPEGImages" / f"{a}.jpg").unlink()  # missing training image
+    (voc / "JPEGImages" / f"{b}.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # corrupt header
+    val = (seg / "train.txt").read_text().split()[0]
+    (voc / "SegmentationClass" / f"{val}.png").unlink()  # validation mask gone
+    labels = np.load(voc / "cls_labels.npy", allow_pickle=True).item()
+    del labels[c]
+    labels[d], labels[e] = np.ones(19, np.float32), np.array(["0"] * 20)
+    np.save(voc / "cls_labels.npy", labels)
+    out = tmp_path / "out"
+    out.write_text("a file where the run folder should be")
+    _no_compute(monkeypatch)
+    with pytest.raises(UserError) as err:
+        _train(tiny_config, "--voc12_root", str(voc), "--session_name", str(out),
+               "--weights", str(tmp_path / "nope.ckpt"))
+    lines = str(err.value).splitlines()
+    assert lines[0] == "preflight found 7 problems:", str(err.value)
+    expected = [f"--weights file not found: {tmp_path / 'nope.ckpt'}",
+                f"without an entry in {voc / 'cls_labels.npy'}: {c}",
+                f"{d} (shape (19,), expected (20,)), {e} (dtype <U1, expected numbers)",
+                f"image not found: {voc / 'JPEGImages' / a}.jpg",
+                f"cannot read image: {voc / 'JPEGImages' / b}.jpg",
+                f"mask not found: {voc / 'SegmentationClass' / val}.png",
+                f"--session_name {out} is a file, not a folder"]
+    assert len(lines) == 1 + len(expected)
+    for line, want in zip(lines[1:], expected):
+        assert line.startswith("  - ") and want in line, (line, want)
+    assert out.read_text() == "a file where the run folder should be"  # nothing written
+
+
+def test_preflight_cli_prints_every_line_and_exits_2(tiny_config, toy_voc, tmp_path):
+    voc = _copy_voc(toy_voc, tmp_path)
+    names = (voc / "ImageSets/Segmentation/train_aug.txt").read_text().split()
+    for n in names[:2]:
+        (voc / "JPEGImages" / f"{n}.jpg").unlink()
+    lst = tmp_path / "val.txt"
+    lst.write_text(f"{names[3]}\n{names[4]}\n{names[3]}\n")
+    r = _cli("--config", str(tiny_config), "--voc12_root", str(voc), "--val_list", str(lst),
+             "--session_name", str(tmp_path / "r"))
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert err == ["error: preflight found 2 problems:",
+                   f"  - list file {lst} names {names[3]} twice (lines 1 and 3)",
+                   f"  - image not found (2): {voc / 'JPEGImages' / names[0]}.jpg, "
+                   f"{voc / 'JPEGImages' / names[1]}.jpg"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_all_zero_training_labels_are_refused(tiny_config, toy_voc, tmp_path, monkeypatch):
+    voc = _copy_voc(toy_voc, tmp_path)
+    labels = np.load(voc / "cls_labels.npy", allow_pickle=True).item()
+    np.save(voc / "cls_labels.npy", {k: np.zeros(20, np.float32) for k in labels})
+    _no_compute(monkeypatch)
+    with pytest.raises(UserError, match="train_aug.txt in .*cls_labels.npy is all zero"):
+        _train(tiny_config, "--voc12_root", str(voc), "--session_name", str(tmp_path / "r"))
+
+
+def test_too_little_disk_space_is_refused(tiny_config, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    import tool.common.preflight as P
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(P.shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 1 << 20))
+    _no_compute(monkeypatch)
+    with pytest.raises(UserError, match=r"1\.0 MiB free on its disk, the checkpoints need "):
+        _train(tiny_config, "--session_name", str(tmp_path / "r"))
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_metrics_stay_behind(tiny_config, tmp_path,
+                                                                      monkeypatch):
+    import errno
+
+    import tool.common.checkpoint as C
+
+    run, real_save = tmp_path / "r", C.torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        if obj.get("epoch") == 1:  # epoch 0 is saved, epoch 1 finds the disk full
+            f.write(b"part of a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f, *a, **kw)
+
+    _scored(monkeypatch, 20.0, 10.0)  # epoch 1 is no new best: last.ckpt is its first write
+    monkeypatch.setattr(C.torch, "save", full_disk)
+    with pytest.raises(UserError) as e:
+        _train(tiny_config, "--session_name", str(run))
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {run / 'last.ckpt'}: No space left on device; free "
+                          "space, then continue the run with ") and msg.endswith("--resume")
+    assert "\n" not in msg
+    assert load_checkpoint(run / "last.ckpt")["epoch"] == 0
+    assert len(read_metrics(run / "metrics.csv")) == 1  # not ahead of last.ckpt
+    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "last.ckpt", "metrics.csv",
+                                                     "train.log"]  # no temporary, no lock
+
+    monkeypatch.setattr(C.torch, "save", real_save)  # space freed: the run goes on
+    _scored(monkeypatch, 10.0)
+    _train(tiny_config, "--session_name", str(run), "--resume")
+    assert load_checkpoint(run / "last.ckpt")["epoch"] == 1
+    assert len(read_metrics(run / "metrics.csv")) == 2
+
+
+def test_full_disk_at_a_mid_epoch_checkpoint(tiny_config, tmp_path, monkeypatch):
+    import errno
+
+    import tool.common.checkpoint as C
+
+    def full_disk(obj, f, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C.torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"^cannot write .*last\.ckpt: No space left on device; "
+                                        r"free space, then start the run again$"):
+        _train(tiny_config, "--session_name", str(tmp_path / "r"), "--checkpoint_every", "1")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["train.log"]

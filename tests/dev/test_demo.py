@@ -20,8 +20,9 @@ def test_demo_writes_summary_and_outputs(tiny_config, toy_voc, tmp_path, capsys)
     for f in ("metrics.csv", "last.ckpt", "eval.json", "curve.png", "untrained/eval.json"):
         assert (out / f).exists(), f
     names = (toy_voc / "ImageSets/Segmentation/val.txt").read_text().split()
-    for sub in ("npy_sgc", "png", "vis"):
-        assert sorted(p.stem for p in (out / sub).iterdir()) == sorted(names), sub
+    for sub in ("npy_sgc", "png", "vis"):  # one output per image, beside the settings record
+        files = sorted(p.name for p in (out / sub).iterdir())
+        assert files[0] == ".provenance.json" and [f[:-4] for f in files[1:]] == sorted(names)
     last = capsys.readouterr().out.strip().splitlines()
     assert "trained network" in last[-1] and f"{s['val_miou_trained']:.2f}%" in last[-1]
     assert "untrained network" in last[-2]

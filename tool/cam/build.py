@@ -3,6 +3,7 @@ for training, a trained checkpoint for inference), the data sets, and the per-ep
 DistributedSampler under torchrun, so ``--batch_size`` is per process)."""
 from __future__ import annotations
 
+import logging
 import os
 from argparse import Namespace
 
@@ -47,6 +48,18 @@ def build_network(args: Namespace,
         kw["width"] = args.backbone_width
     return CAMNet(args.backbone, num_classes=NUM_CLASSES, backbone_weights=backbone_weights,
                   **kw)
+
+
+def count_parameters(args: Namespace) -> int:
+    """The parameter count of the config's network, built on the meta device: no weight is
+    allocated, initialised or read (the preflight's checkpoint size, METHOD.md 12.7)."""
+    quiet = logging.root.manager.disable
+    logging.disable(logging.INFO)  # its "randomly initialised" line would mislead here
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_network(args).parameters())
+    finally:
+        logging.disable(quiet)
 
 
 def on_device(model: CAMNet, args: Namespace, device: torch.device | str) -> CAMNet:

@@ -2,20 +2,26 @@
 optional raw-CAM dicts, label PNGs at ``camT`` (optionally CRF-refined) and overlays.
 
 Images whose requested outputs all exist are skipped, and every file is written atomically,
-so an interrupted run continues where it stopped. Under ``torchrun --nproc_per_node N`` each
-process takes every N-th image of the list (on one machine or several) and writes its own files.
+so an interrupted run continues where it stopped. Each output folder records the settings its
+files come from (``.provenance.json``): a rerun with other settings (checkpoint, scales, camT,
+CRF...) is refused rather than mixed with the old files, unless ``--overwrite`` deletes them
+first. Under ``torchrun --nproc_per_node N`` each process takes every N-th image of the list
+(on one machine or several) and writes its own files.
 """
 from __future__ import annotations
 
 import logging
 from argparse import Namespace
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from data.datasets import MultiScaleDataset
+from data.preflight import DatasetCheck
 from data.voc import (
     NUM_CLASSES,
     image_path,
@@ -31,17 +37,26 @@ from tool.cam.vis import save_overlay
 from tool.common.dist import local_device, rank_world, shard
 from tool.common.errors import UserError
 from tool.common.fileio import save_npy_dict
-from tool.common.runtime import resolve_device, setup_logging
+from tool.common.preflight import Problems, check_output_folder
+from tool.common.provenance import differences, file_sha256, read_provenance, write_provenance
+from tool.common.runtime import configure_threads, resolve_device, setup_logging
 from tool.crf import CRFParams, crf_labels
 
 log = logging.getLogger("plmix")
 
 
+EXTENSIONS = {"npy": ".npy", "cam_npy": ".npy", "png": ".png", "vis": ".png"}
+LABEL_KINDS = ("png", "vis")  # the outputs that also depend on camT and the CRF
+
+
+def output_folders(args: Namespace) -> dict[str, Path]:
+    """The folder of each output kind asked for (``out_npy`` -> "npy", ...)."""
+    return {k: Path(d) for k in EXTENSIONS if (d := getattr(args, f"out_{k}"))}
+
+
 def output_paths(args: Namespace, name: str) -> dict[str, Path]:
     """The files this run writes for one image, keyed by output kind (only those asked for)."""
-    spec = {"npy": (args.out_npy, ".npy"), "cam_npy": (args.out_cam_npy, ".npy"),
-            "png": (args.out_png, ".png"), "vis": (args.out_vis, ".png")}
-    return {k: Path(d) / f"{name}{ext}" for k, (d, ext) in spec.items() if d}
+    return {k: d / f"{name}{EXTENSIONS[k]}" for k, d in output_folders(args).items()}
 
 
 def label_from_dict(d: dict[int, np.ndarray], camT: float, size_hw: tuple[int, int],
@@ -85,11 +100,116 @@ def todo_names(names: list[str], args: Namespace) -> list[str]:
     return [n for n in names if not all(p.exists() for p in output_paths(args, n).values())]
 
 
+def preflight(args: Namespace, decode: bool = False) -> str:
+    """Every check of the inference inputs and output folders (METHOD.md 12.7), all problems in
+    one PreflightError; returns a summary for the log. Each process checks the images of its
+    own share of the list. ``decode``: decode every image, not only its header."""
+    problems = Problems()
+    if not no_weights(args.weights) and not Path(args.weights).is_file():
+        problems.add(f"--weights file not found: {args.weights}")
+    data = DatasetCheck(problems, args.voc12_root, args.cls_labels, decode=decode)
+    data.split(args.infer_list, images=shard)
+    data.finish()
+    folders = output_folders(args)
+    if not folders:
+        problems.add("no output asked for: set --out_npy, --out_cam_npy, --out_png or --out_vis")
+    inputs = {Path(args.voc12_root) / "JPEGImages": "the image folder"}
+    if getattr(args, "gt", None):
+        inputs[Path(args.gt)] = "the GT folder"
+    inputs = {p.resolve(): what for p, what in inputs.items()}
+    seen: dict[tuple[Path, str], str] = {}
+    for kind, folder in folders.items():
+        key = (folder.resolve(), EXTENSIONS[kind])
+        if key in seen:  # e.g. --out_png = --out_vis: one file name for two outputs
+            problems.add(f"--out_{kind} and --out_{seen[key]} are the same folder {folder}: "
+                         f"their {key[1]} files would overwrite each other")
+            continue
+        if key[0] in inputs:
+            problems.add(f"--out_{kind} {folder} is {inputs[key[0]]}: its files would be "
+                         "taken for finished outputs or overwritten")
+        if key[0] not in {k[0] for k in seen}:
+            check_output_folder(problems, folder, f"--out_{kind}")
+        seen[key] = kind
+    problems.raise_if_any()
+    return f"preflight: {len(data.sizes)} images and {len(folders)} output folder(s) checked"
+
+
+def output_settings(args: Namespace, camT: float) -> dict[str, dict[str, Any]]:
+    """Per output kind, the settings its files depend on (what ``.provenance.json`` records):
+    the checkpoint's SHA-256 (None for a model passed in without ``--weights``), backbone,
+    scales, image root; for label PNGs and overlays also camT and the CRF."""
+    base = {"checkpoint_sha256": None if no_weights(args.weights) else file_sha256(args.weights),
+            "backbone": args.backbone, "infer_scales": [float(s) for s in args.infer_scales],
+            "voc12_root": str(Path(args.voc12_root).resolve())}
+    labels = {**base, "camT": float(camT),
+              "crf": asdict(CRFParams.from_config(args)) if args.crf else None}
+    return {k: labels if k in LABEL_KINDS else base for k in output_folders(args)}
+
+
+def prepare_outputs(args: Namespace, camT: float, all_names: list[str], names: list[str]
+                    ) -> None:
+    """Before the first output: refuse folders holding another run's outputs (one line naming
+    what differs), delete them with ``args.overwrite`` (always) or ``args.replace_stale``
+    (only when they differ), and record this run's settings in each folder."""
+    new = output_settings(args, camT)
+    by_folder: dict[Path, list[str]] = {}
+    for kind, folder in output_folders(args).items():
+        by_folder.setdefault(folder, []).append(kind)
+    overwrite = bool(getattr(args, "overwrite", False))
+    olds, stale = {}, {}
+    for folder, kinds in by_folder.items():
+        olds[folder] = old = read_provenance(folder)
+        diffs = []
+        for kind in kinds:
+            if old is not None and kind in old:
+                diffs += differences(old[kind], new[kind])
+            elif any((folder / f"{n}{EXTENSIONS[kind]}").exists() for n in names):
+                diffs.append(f"its {kind} files record no settings")
+        if diffs:
+            stale[folder] = list(dict.fromkeys(diffs))  # kinds sharing a folder: once each
+    if stale and not (overwrite or getattr(args, "replace_stale", False)):
+        where = ", ".join(f"{f} ({'; '.join(d)})" for f, d in stale.items())
+        raise UserError(f"{where} {'holds' if len(stale) == 1 else 'hold'} outputs of another "
+                        "inference run: add --overwrite to delete them first, or choose "
+                        "another output folder")
+    run_info = {"weights": None if no_weights(args.weights) else str(args.weights),
+                "infer_list": str(args.infer_list)}
+    for folder, kinds in by_folder.items():
+        if overwrite or folder in stale:
+            remove_previous(folder, kinds, all_names, names, owned=olds[folder] is not None)
+        write_provenance(folder, {k: new[k] for k in kinds}, run_info)
+
+
+def remove_previous(folder: Path, kinds: list[str], all_names: list[str], names: list[str],
+                    owned: bool) -> None:
+    """Delete the previous outputs of ``kinds`` in ``folder``: each process those of its own
+    ``names`` (no race between the processes of a torchrun launch); rank 0 also every other
+    file of those kinds when the folder is known to hold inference outputs (``owned``: it has
+    a provenance record), which a later list could otherwise take for finished."""
+    gone = 0
+    for kind in kinds:
+        for n in names:
+            p = folder / f"{n}{EXTENSIONS[kind]}"
+            if p.is_file():
+                p.unlink()
+                gone += 1
+    if owned and rank_world()[0] == 0:
+        listed, exts = set(all_names), {EXTENSIONS[k] for k in kinds}
+        for p in folder.iterdir():
+            if p.suffix in exts and p.stem not in listed and p.is_file():
+                p.unlink()
+                gone += 1
+    if gone:
+        log.info("removed %d output(s) of a previous inference run from %s", gone, folder)
+
+
 def run(args: Namespace, model: torch.nn.Module, camT: float) -> int:
     """Infer every image of ``args.infer_list`` not done yet; returns how many were written."""
     setup_logging()
     device = local_device(resolve_device(args.device))
-    names = shard(load_img_name_list(args.infer_list))  # all of them outside torchrun
+    all_names = load_img_name_list(args.infer_list)
+    names = shard(all_names)  # all of them outside torchrun
+    prepare_outputs(args, camT, all_names, names)
     todo = todo_names(names, args)
     rank, world = rank_world()
     log.info("inference%s: %d images in %s, %d already done, camT %.2f, scales %s",
@@ -120,7 +240,9 @@ def run_checkpoint(args: Namespace) -> int:
     """Infer with the trained checkpoint ``args.weights`` at the camT :func:`select_camT`
     picks; returns how many images were written (see :func:`run`)."""
     setup_logging()  # before loading: the log names the keys a released checkpoint ignores
+    configure_threads(args.threads, args.num_workers)
     if no_weights(args.weights):
         raise UserError("--weights is required: the trained checkpoint (e.g. runs/demo/best.ckpt)")
+    log.info("%s", preflight(args, decode=args.preflight_decode))
     model, ckpt_camT = load_trained(args, args.weights)
     return run(args, model, select_camT(args, ckpt_camT))

@@ -19,12 +19,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import collate_train
+from data.preflight import DatasetCheck
 from data.voc import image_path, load_image
+from net.weights import no_weights
 from tool.cam.build import (
     build_loaders,
     build_model,
     check_batch_size,
     check_weights_given,
+    count_parameters,
     ddp_model,
 )
 from tool.cam.infer import label_from_dict
@@ -33,6 +36,7 @@ from tool.cam.step import StepContext, TrainLosses, train_step
 from tool.cam.validate import ValResult, validate
 from tool.cam.vis import heatmap, label_overlay
 from tool.common.dist import (
+    broadcast_object,
     cleanup_distributed,
     init_distributed,
     is_main,
@@ -40,6 +44,8 @@ from tool.common.dist import (
     rank_world,
 )
 from tool.common.engine import Engine, EngineConfig, EpochResult, Stage
+from tool.common.errors import UserError
+from tool.common.preflight import PreflightError, Problems, check_output_folder, checkpoint_bytes
 from tool.common.runfolder import claim_run_folder
 from tool.common.runtime import (
     configure_threads,
@@ -190,20 +196,74 @@ def engine_config(args: Namespace, device: torch.device, out: Path) -> EngineCon
                                                "the same training command with --resume"))
 
 
+def preflight(args: Namespace, decode: bool = False) -> str:
+    """Every check of stage 1's inputs and run folder (METHOD.md 12.7), all problems in one
+    PreflightError; returns a summary for the log. ``decode``: decode every image and mask,
+    not only their headers."""
+    problems = Problems()
+    try:
+        check_weights_given(args)
+    except UserError as e:
+        problems.add(str(e))
+    for flag in ("weights", "backbone_weights"):
+        path = getattr(args, flag)
+        if not no_weights(path) and not Path(path).is_file():
+            problems.add(f"--{flag} file not found: {path}")
+    if isinstance(args.resume, str) and not Path(args.resume).is_file():
+        problems.add(f"--resume checkpoint not found: {args.resume}")
+    data = DatasetCheck(problems, args.voc12_root, args.cls_labels, decode=decode)
+    data.split(args.train_list, require_foreground=True)
+    # the released protocol reads the validation masks every epoch: check them now, not after
+    # the first epoch has trained
+    data.split(args.val_list, gt_dir=args.gt if args.select_with_gt else None)
+    data.finish()
+    try:
+        need = 2 * checkpoint_bytes(count_parameters(args))  # best.ckpt and last.ckpt
+    except UserError as e:
+        problems.add(str(e))
+        need = 0
+    check_output_folder(problems, args.session_name, "--session_name",
+                        files=(*RUN_OUTPUTS, "train.log"), need_bytes=need)
+    if args.tblog_dir:
+        check_output_folder(problems, args.tblog_dir, "--tblog_dir")
+    problems.raise_if_any()
+    return (f"preflight: {len(data.sizes)} images"
+            f"{f', {data.n_masks} masks' if data.n_masks else ''} and {args.session_name} "
+            "checked")
+
+
+def _preflight_on_rank0(args: Namespace) -> str:
+    """Rank 0 checks, every rank raises its problems (so none waits for a peer that stopped)."""
+    result: tuple[bool, Any] | None = None
+    if is_main():
+        try:
+            result = (True, preflight(args, decode=args.preflight_decode))
+        except PreflightError as e:
+            result = (False, e.problems)
+        except UserError as e:
+            result = (False, [str(e)])
+    ok, value = broadcast_object(result)
+    if not ok:
+        raise PreflightError(value)
+    return value
+
+
 def run(args: Namespace) -> dict:
     """Train (in every process of a torchrun launch); returns the final state summary."""
-    check_weights_given(args)
     configure_threads(args.threads, args.num_workers)
     device = local_device(resolve_device(args.device))
     init_distributed(device)
     out = Path(args.session_name)
     try:
+        # before anything is written or computed: every input problem at once (METHOD.md 12.7)
+        summary = _preflight_on_rank0(args)
         setup_logging(out / "train.log" if is_main() else None, quiet=not is_main())
         # before any compute: one run at a time, and no fresh run over a finished one
         with claim_run_folder(out, resume=bool(args.resume),
                               overwrite=getattr(args, "overwrite", False),
                               markers=RUN_MARKERS, outputs=RUN_OUTPUTS), \
                 CRFPool(args.crf_workers if args.crf and args.plmix else 0) as pool:
+            log.info("%s", summary)  # only now: a refused run leaves its folder untouched
             stage = CAMStage(args, device, pool)
             state = Engine(stage, engine_config(args, device, out)).fit()
             return {"best_score": state.best_score, "camT": stage.camT, "session": str(out)}

@@ -36,14 +36,14 @@ from tool.common.checkpoint import load_checkpoint, save_checkpoint
 from tool.common.dist import (
     all_gather_object,
     all_reduce_sum,
-    barrier,
     broadcast_buffers,
     broadcast_object,
     is_main,
     rank_world,
 )
-from tool.common.errors import TrainingStopped
+from tool.common.errors import TrainingStopped, UserError
 from tool.common.metrics import write_metrics
+from tool.common.preflight import reported_write
 from tool.common.runtime import get_rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("plmix")
@@ -249,26 +249,52 @@ class Engine:
     def save_epoch(self, is_best: bool) -> None:
         """Rank 0 writes best.ckpt (on a new best) before last.ckpt before metrics.csv, so a
         kill between two writes is harmless: last.ckpt never claims a best.ckpt that is not on
-        disk, and metrics.csv never lists an epoch that --resume would not find."""
+        disk, and metrics.csv never lists an epoch that --resume would not find. A failed write
+        (full disk) stops every rank with one line (METHOD.md 12.7) and leaves the files as a
+        kill at that point would."""
+        error = None
         if is_main():
             out, ckpt = self.cfg.out, self.checkpoint()
-            if is_best:
-                save_checkpoint(out / "best.ckpt", ckpt)
-                log.info("new best score %.2f: saved %s", self.state.best_score,
-                         out / "best.ckpt")
-            save_checkpoint(out / "last.ckpt", ckpt)
-            log.info("saved %s (epoch %d)", out / "last.ckpt", self.state.epoch)
-            write_metrics(out / "metrics.csv", self.state.history, self.stage.columns)
-        barrier()
+            hint = self._write_hint()
+            try:
+                if is_best:
+                    with reported_write(out / "best.ckpt", hint):
+                        save_checkpoint(out / "best.ckpt", ckpt)
+                    log.info("new best score %.2f: saved %s", self.state.best_score,
+                             out / "best.ckpt")
+                with reported_write(out / "last.ckpt", hint):
+                    save_checkpoint(out / "last.ckpt", ckpt)
+                log.info("saved %s (epoch %d)", out / "last.ckpt", self.state.epoch)
+                with reported_write(out / "metrics.csv", hint):
+                    write_metrics(out / "metrics.csv", self.state.history, self.stage.columns)
+            except UserError as e:
+                error = str(e)
+        # in place of a barrier: the other ranks hear of rank 0's failure instead of waiting
+        error = broadcast_object(error)
+        if error is not None:
+            raise UserError(error)
+
+    def _write_hint(self) -> str:
+        """How to go on after a failed checkpoint write: an earlier last.ckpt stays intact."""
+        if (self.cfg.out / "last.ckpt").exists():
+            return f"free space, then continue the run with {self.cfg.resume_command}"
+        return "free space, then start the run again"
 
     def save_position(self, position: dict, ranks: list[dict]) -> None:
         """A mid-epoch last.ckpt: the epoch's position and every rank's state (gathered)."""
+        error = None
         if is_main():
-            save_checkpoint(self.cfg.out / "last.ckpt",
-                            self.checkpoint({**position, "ranks": ranks}))
-            log.info("saved %s (epoch %d, %d iterations done)", self.cfg.out / "last.ckpt",
-                     position["epoch"], position["iteration"])
-        barrier()
+            path = self.cfg.out / "last.ckpt"
+            try:
+                with reported_write(path, self._write_hint()):
+                    save_checkpoint(path, self.checkpoint({**position, "ranks": ranks}))
+                log.info("saved %s (epoch %d, %d iterations done)", path,
+                         position["epoch"], position["iteration"])
+            except UserError as e:
+                error = str(e)
+        error = broadcast_object(error)
+        if error is not None:
+            raise UserError(error)
 
     def resume(self) -> None:
         cfg, s = self.cfg, self.stage

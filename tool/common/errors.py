@@ -28,7 +28,7 @@ def cli_main(main: Callable[[], object],
     try:
         main()
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {message(e)}", file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
@@ -36,6 +36,12 @@ def cli_main(main: Callable[[], object],
     except KeyboardInterrupt:
         print(f"interrupted: finished outputs are kept; {resume_hint}", file=sys.stderr)
         sys.exit(130)
+
+
+def message(e: UserError) -> str:
+    """What ``cli_main`` prints: one line, or all of them for an error made to list several
+    problems (``multiline``, the preflight's: METHOD.md 12.7)."""
+    return str(e).strip() if getattr(e, "multiline", False) else one_line(e)
 
 
 def one_line(e: UserError) -> str:

@@ -2,7 +2,8 @@
 held-out toy ``val`` split, and compare with the untrained network evaluated the same way.
 
 Everything lands in ``runs/demo/``; the last lines printed are the two mIoUs. Rerunning
-resumes an interrupted training run and skips finished inference outputs.
+resumes an interrupted training run and skips the inference outputs finished with the same
+checkpoint (those of another one are replaced).
 """
 from __future__ import annotations
 
@@ -73,8 +74,10 @@ def infer_and_eval(cfg: str, voc: str, weights: Path, folder: Path, val_list: st
     args = resolve_config(cfg, INFER_SECTIONS, {
         "voc12_root": voc, "weights": weights, "infer_list": val_list, "out_npy": npy,
         "out_png": folder / "png" if vis else None, "out_vis": folder / "vis" if vis else None,
-        "crf": False})
-    infer.run_checkpoint(args)  # at the checkpoint's camT (METHOD.md 6 step 1)
+        "crf": False}, attrs={"replace_stale": True})
+    # at the checkpoint's camT (METHOD.md 6 step 1); outputs of an earlier best.ckpt (training
+    # continued since) are replaced, those of the same one kept
+    infer.run_checkpoint(args)
     names = load_img_name_list(val_list)
     workers = ev.default_num_workers()
     curve = ev.evaluate(names, npy, gt, "npy", ev.parse_t_range(ev.DEFAULT_T_RANGE), workers)
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--overwrite", action="store_true",
                    help="start the training run in --out over instead of continuing it "
-                        "(inference outputs already there are kept, and skipped: delete them)")
+                        "(inference outputs of another checkpoint are replaced)")
     a, extra = p.parse_known_args(argv)  # the rest: training flags (--max_epoches 1)
     overrides = parse_overrides(extra, TRAIN_SECTIONS, a.config, "training flags")
     t0 = time.time()
