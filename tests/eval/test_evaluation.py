@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import subprocess
 import sys
@@ -238,6 +239,22 @@ def test_worker_error_reaches_the_caller(tmp_path):
     (pdir / f"{names[2]}.npy").unlink()
     with pytest.raises(UserError, match=f"prediction not found: .*{names[2]}"):
         ev.evaluate(names, pdir, gdir, "npy", [0.3], num_workers=2)
+
+
+def test_worker_bug_is_a_runtime_error_with_its_traceback(tmp_path, monkeypatch):
+    """Not a UserError: the worker's traceback comes back as text (a value, like UserErrors,
+    so the pool always shuts down normally); the workers are forked with the patch."""
+    preds, gts = random_case(np.random.default_rng(4), n=4)
+    names, pdir, gdir = write_case(tmp_path, preds, gts, "npy")
+    real = ev.confusion_file
+
+    def buggy(name, *args):
+        return 1 / 0 if name == names[1] else real(name, *args)
+
+    monkeypatch.setattr(ev, "confusion_file", buggy)
+    with pytest.raises(RuntimeError, match=r"(?s)a worker process failed:.*ZeroDivisionError"):
+        ev.evaluate(names, pdir, gdir, "npy", [0.3], num_workers=2)
+    assert multiprocessing.active_children() == []
 
 
 # ---------------------------------------------------------------- CLI

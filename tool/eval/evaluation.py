@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import decimal
 import os
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -255,6 +257,68 @@ def default_num_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """A worker's exception as a value: a UserError's message, or another's traceback."""
+
+    message: str
+    user: bool
+
+
+def _call_catching(task: tuple[int, Callable[[Any], Any], Any]) -> tuple[int, Any]:
+    """Run one job in a worker; its exception is returned, never raised across the pool."""
+    index, func, job = task
+    try:
+        return index, func(job)
+    except UserError as e:
+        return index, _Failure(str(e), True)
+    except Exception:  # noqa: BLE001 - a bug: its traceback is re-raised in the parent
+        return index, _Failure(traceback.format_exc(), False)
+
+
+def pool_map(func: Callable[[Any], Any], jobs: Sequence[Any], workers: int,
+             combine: Callable[[Any, Any], Any] | None = None) -> Any:
+    """``func`` over ``jobs`` in ``workers`` processes (``func`` a module-level function).
+
+    Without ``combine``: the results in job order (a list); with it: the results folded with
+    ``combine`` as they arrive (bounded memory). A job that raises makes this raise after
+    every job has finished: the UserError of the first failing job in job order (the same
+    file as in one process), any other exception as a RuntimeError with the worker's
+    traceback.
+
+    Why values and not raising: an exception out of ``imap`` left ``with Pool``
+    to call ``terminate()`` while workers were still sending results larger than a pipe
+    buffer (a curve's confusions), and CPython's pool shutdown then deadlocks. Here every
+    result is read and the pool closes and joins normally; ``terminate()`` remains only for
+    an exception in this process (Ctrl-C).
+    """
+    pool = Pool(workers)
+    try:
+        tasks = [(i, func, job) for i, job in enumerate(jobs)]
+        failures: list[tuple[int, _Failure]] = []
+        results: list[Any] = [None] * len(tasks)
+        total = None
+        for i, res in pool.imap_unordered(_call_catching, tasks):
+            if isinstance(res, _Failure):
+                failures.append((i, res))
+            elif combine is None:
+                results[i] = res
+            else:
+                total = res if total is None else combine(total, res)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    if failures:
+        failure = min(failures, key=lambda f: f[0])[1]
+        if failure.user:
+            raise UserError(failure.message)
+        raise RuntimeError(f"a worker process failed:\n{failure.message}")
+    return results if combine is None else total
+
+
 def accumulate(names: Sequence[str], predict_dir: str | os.PathLike,
                gt_dir: str | os.PathLike, kind: str, thresholds: np.ndarray | None,
                num_workers: int) -> np.ndarray:
@@ -267,8 +331,7 @@ def accumulate(names: Sequence[str], predict_dir: str | os.PathLike,
     bounds = np.linspace(0, len(names), n_chunks + 1).astype(int)
     jobs = [(names[a:b], predict_dir, gt_dir, kind, thresholds)
             for a, b in zip(bounds[:-1], bounds[1:])]
-    with Pool(workers) as pool:
-        return sum(pool.imap_unordered(_confusion_chunk, jobs))
+    return pool_map(_confusion_chunk, jobs, workers, combine=np.add)
 
 
 # ---------------------------------------------------------------- results
