@@ -81,7 +81,7 @@ def test_another_networks_checkpoint_is_one_line(tiny_config, trained, tmp_path)
     msg = str(e.value)
     assert msg.startswith(f"{trained} holds a resnet18 (backbone_width 0.25) checkpoint, not "
                           "this config's network (") and "\n" not in msg
-    assert "shape mismatches backbone.conv1.weight [16, 3, 7, 7] vs [32, 3, 7, 7]" in msg
+    assert "shape mismatches: backbone.conv1.weight [16, 3, 7, 7] vs [32, 3, 7, 7]" in msg
     with pytest.raises(UserError, match=r"last\.ckpt does not fit the model: .*missing keys"):
         _train(tiny_config, "--session_name", str(tmp_path / "w"), "--max_epoches", "1",
                *EFFLITE0, "--weights", str(trained))

@@ -122,7 +122,7 @@ def load_model_state(module: nn.Module, state: object, path: str | Path, what: s
     for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                        ("shape mismatches", mismatched)):
         if keys:
-            problems.append(f"{len(keys)} {name} {_first(keys)}")
+            problems.append(f"{len(keys)} {name}: {_first(keys)}")
     if problems:
         raise UserError(f"{path} holds {what} checkpoint, not this config's network "
                         f"({'; '.join(problems)})")
