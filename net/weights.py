@@ -72,9 +72,11 @@ def state_dict_of(obj: object, path: str | os.PathLike) -> dict[str, torch.Tenso
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read the state dict of the checkpoint file ``path`` (see :func:`state_dict_of`)."""
-    return state_dict_of(read_checkpoint(path), path)
+def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False
+                    ) -> dict[str, torch.Tensor]:
+    """Read the state dict of the checkpoint file ``path`` (see :func:`state_dict_of`);
+    ``allow_pickle``: see :func:`tool.common.checkpoint.read_checkpoint`."""
+    return state_dict_of(read_checkpoint(path, allow_pickle=allow_pickle), path)
 
 
 def fill_bn_counters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -144,7 +146,7 @@ def load_backbone_state(backbone: nn.Module, state: dict[str, torch.Tensor], pat
 
 
 def load_cam_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
-                     checkpoint: object | None = None) -> LoadReport:
+                     checkpoint: object | None = None, allow_pickle: bool = False) -> LoadReport:
     """Load whole-model weights (e.g. a CAMNet) from ``path``.
 
     Accepts our training checkpoints ({'model': state, 'optimizer': ...}), the released PL-Mix
@@ -153,10 +155,12 @@ def load_cam_weights(model: nn.Module, path: str | os.PathLike, strict: bool = T
     network builds but never uses (:data:`RELEASED_UNUSED`) are dropped and logged. With
     ``strict`` any other missing or unexpected key is a UserError; shape mismatches always
     are. ``checkpoint``: the file's content when the caller has read it already (``path``
-    then only names it in messages).
+    then only names it in messages). ``allow_pickle``: full unpickling of a trusted file
+    (:func:`tool.common.checkpoint.read_checkpoint`).
     """
     path = str(path)
-    state = read_state_dict(path) if checkpoint is None else state_dict_of(checkpoint, path)
+    state = (read_state_dict(path, allow_pickle) if checkpoint is None else
+             state_dict_of(checkpoint, path))
     own = model.state_dict()
     ignored = [k for k in state if k not in own and k.startswith(RELEASED_UNUSED)]
     if ignored:

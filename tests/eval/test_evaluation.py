@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import subprocess
 import sys
@@ -207,6 +208,9 @@ def one_image(tmp_path: Path, pred: object, gt_shape=(4, 5), kind="npy"):
     ({0: np.zeros((4, 6))}, "npy", "is 4x6 but the ground truth is 4x5"),
     (np.zeros((20, 4, 5), np.float32), "npy", "is not a dict"),
     ({20: np.zeros((4, 5))}, "npy", "not a class index"),
+    ({3: np.zeros((4, 5)), 20: np.zeros((4, 5))}, "npy",
+     "dict key 20 is not a class index 0..19; keys look 1-based (1..20)"),
+    ({0: np.zeros((4, 5)), 20: np.zeros((4, 5))}, "npy", "key 20 is not a class index 0..19"),
     ({"cat": np.zeros((4, 5))}, "npy", "not a class index"),
     ({0: np.zeros((2, 4, 5))}, "npy", "not a 2-D numeric array"),
     ({0: np.full((4, 5), np.nan)}, "npy", "NaN"),
@@ -218,6 +222,32 @@ def test_bad_prediction_names_the_file(tmp_path, pred, kind, msg):
     with pytest.raises(UserError, match=re.escape(msg)) as e:
         ev.evaluate(["a"], pdir, gdir, kind, [0.3], num_workers=0)
     assert str(pdir / f"a.{kind}") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_one_based_keys_are_refused_and_other_keys_scored(tmp_path):
+    """Keys that are the GT's classes each one too high are a 1-based writer's: refused in one
+    line naming the file and the keys. Any other key set, even one that misses the GT, is a
+    valid dict and scored exactly as before."""
+    gt = np.zeros((4, 5), np.uint8)
+    gt[1:3, 1:3], gt[3, :] = 1, 15  # aeroplane (0-based 0) and person (0-based 14)
+    gt[0, 0] = 255
+    rng = np.random.default_rng(8)
+    maps = [rng.random((4, 5)).astype(np.float32) for _ in range(2)]
+    pdir, gdir = one_image(tmp_path, {1: maps[0], 15: maps[1]})
+    save_label_png(gt, gdir / "a.png")
+    with pytest.raises(UserError) as e:
+        ev.evaluate(["a"], pdir, gdir, "npy", [0.3], num_workers=0)
+    assert str(e.value) == (f"{pdir / 'a.npy'}: dict keys [1, 15] look 1-based: the ground "
+                            "truth holds classes [0, 14] (0-based), each key one higher; the "
+                            "hand-off format keys maps by 0-based foreground index 0..19, 0 = "
+                            "aeroplane (METHOD.md 6)")
+    for keys in [(0, 14), (2, 15), (14,), (1,), (5, 9)]:  # right, or wrong but not shifted
+        pred = dict(zip(keys, maps))
+        np.save(pdir / "a.npy", pred, allow_pickle=True)
+        got = ev.evaluate(["a"], pdir, gdir, "npy", [0.3], num_workers=0).confusion
+        want = counts_from_conf(got[0])
+        ref = ref_counts([pred], [gt], "npy", 0.3)
+        assert all(np.array_equal(a, b) for a, b in zip(want, ref)), keys
 
 
 def test_bad_ground_truth_names_the_file(tmp_path):
@@ -238,6 +268,22 @@ def test_worker_error_reaches_the_caller(tmp_path):
     (pdir / f"{names[2]}.npy").unlink()
     with pytest.raises(UserError, match=f"prediction not found: .*{names[2]}"):
         ev.evaluate(names, pdir, gdir, "npy", [0.3], num_workers=2)
+
+
+def test_worker_bug_is_a_runtime_error_with_its_traceback(tmp_path, monkeypatch):
+    """Not a UserError: the worker's traceback comes back as text (a value, like UserErrors,
+    so the pool always shuts down normally); the workers are forked with the patch."""
+    preds, gts = random_case(np.random.default_rng(4), n=4)
+    names, pdir, gdir = write_case(tmp_path, preds, gts, "npy")
+    real = ev.confusion_file
+
+    def buggy(name, *args):
+        return 1 / 0 if name == names[1] else real(name, *args)
+
+    monkeypatch.setattr(ev, "confusion_file", buggy)
+    with pytest.raises(RuntimeError, match=r"(?s)a worker process failed:.*ZeroDivisionError"):
+        ev.evaluate(names, pdir, gdir, "npy", [0.3], num_workers=2)
+    assert multiprocessing.active_children() == []
 
 
 # ---------------------------------------------------------------- CLI

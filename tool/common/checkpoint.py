@@ -1,16 +1,32 @@
 """Training checkpoints (decision D7): atomic ``last.ckpt`` every epoch, ``best.ckpt`` on
-improvement; each holds everything needed to continue the run exactly."""
+improvement; each holds everything needed to continue the run exactly.
+
+Reading is safe by default: ``torch.load(weights_only=True)`` accepts tensors, state dicts
+and plain Python values (every checkpoint this project writes), and nothing in a file can
+run code. Unpickling arbitrary objects (some third-party or older checkpoints need it) runs
+whatever the file says, so it is an explicit opt-in: ``allow_pickle=True`` or the
+environment variable ``PLMIX_UNSAFE_PICKLE=1``, for files one trusts.
+"""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from tool.common.errors import UserError
 from tool.common.fileio import atomic_save
+
+log = logging.getLogger("plmix")
+
+UNSAFE_PICKLE_ENV = "PLMIX_UNSAFE_PICKLE"
+_TRUE = ("1", "true", "yes", "y", "on")  # METHOD.md D4's spellings of "true"
+_SHOW = 5  # keys named in one-line messages
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -18,30 +34,96 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_save(path, lambda f: torch.save(state, f))
 
 
+def unsafe_pickle_allowed(allow_pickle: bool = False) -> bool:
+    """Whether full unpickling is allowed: ``allow_pickle`` or ``PLMIX_UNSAFE_PICKLE=1``."""
+    return allow_pickle or os.environ.get(UNSAFE_PICKLE_ENV, "").strip().lower() in _TRUE
+
+
 def _torch_load(path: str) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Checkpoints of earlier runs of this trainer also hold numpy RNG states, which the
-        # restricted unpickler refuses; the user names the file explicitly, so a full unpickle
-        # is acceptable here.
-        return torch.load(path, map_location="cpu", weights_only=False)
+    """The safe load: tensors and plain values only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def read_checkpoint(path: str | os.PathLike) -> object:
-    """Load a checkpoint file as it was saved (UserError when missing or unreadable)."""
+def _torch_load_unsafe(path: str) -> object:
+    """Full unpickling: runs any code ``path`` holds. Only behind the opt-in."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _refusal(path: str, err: pickle.UnpicklingError) -> str:
+    """One line: why the safe loader refused ``path`` and how to opt in."""
+    text = str(err)
+    glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if glob:
+        what = f"holds Python objects beyond tensors and plain values ({glob.group(1)})"
+    else:  # a pickle the restricted loader cannot parse, or no checkpoint at all
+        op = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        what = ("is not a checkpoint the safe loader can read"
+                + (f" ({op.group(1).strip()})" if op else "")
+                + ": a corrupt file, or a pickle of another kind")
+    return (f"checkpoint {path} {what}; unpickling it runs whatever code the file holds, so "
+            f"do it only for a file you trust: set {UNSAFE_PICKLE_ENV}=1 (allow_pickle=True)")
+
+
+def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> object:
+    """Load a checkpoint file as it was saved, on the CPU (UserError when missing or unreadable).
+
+    Safe by default (``weights_only``). A file that needs full unpickling is refused in one
+    line, unless ``allow_pickle`` or the environment variable ``PLMIX_UNSAFE_PICKLE=1`` opts
+    in: then it is unpickled with a warning naming it (dangerous: a crafted file runs code).
+    """
     path = str(path)
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
         return _torch_load(path)
+    except pickle.UnpicklingError as e:
+        if not unsafe_pickle_allowed(allow_pickle):
+            raise UserError(_refusal(path, e)) from None
     except Exception as e:  # any unreadable file is the user's input error
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+    log.warning("%s: unpickling it in full (%s=1 / allow_pickle): any code in the file runs",
+                path, UNSAFE_PICKLE_ENV)
+    try:
+        return _torch_load_unsafe(path)
+    except Exception as e:  # noqa: BLE001 - the file's own code may raise anything
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU, with one-line errors for missing or broken files."""
-    ckpt = read_checkpoint(path)
+def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU, with one-line errors for missing or broken files
+    (``allow_pickle``: see :func:`read_checkpoint`)."""
+    ckpt = read_checkpoint(path, allow_pickle=allow_pickle)
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} does not hold a dict")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _first(keys: list[str]) -> str:
+    more = f", ... {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def load_model_state(module: nn.Module, state: object, path: str | Path, what: str) -> None:
+    """``module.load_state_dict(state)`` (strict), with a one-line UserError on any mismatch:
+    "<path> holds <what> checkpoint, not this config's network (missing keys ..., ...)"."""
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path}: its 'model' entry is not a state dict (a dict of tensors)")
+    own = module.state_dict()
+    problems = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in own.items()
+                  if k in state and state[k].shape != v.shape]
+    for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                       ("shape mismatches", mismatched)):
+        if keys:
+            problems.append(f"{len(keys)} {name}: {_first(keys)}")
+    if problems:
+        raise UserError(f"{path} holds {what} checkpoint, not this config's network "
+                        f"({'; '.join(problems)})")
+    module.load_state_dict(state)

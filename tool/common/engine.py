@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from tool.common.checkpoint import load_checkpoint, save_checkpoint
+from tool.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from tool.common.dist import (
     all_gather_object,
     all_reduce_sum,
@@ -128,6 +128,7 @@ class EngineConfig:
     config: dict = field(default_factory=dict)  # saved in every checkpoint
     resume: bool | str = False
     resume_command: str = "the same command with --resume"
+    allow_pickle: bool = False  # --resume of a file that needs full unpickling (checkpoint.py)
 
 
 # ------------------------------------------------------------------------- signals
@@ -300,10 +301,17 @@ class Engine:
         cfg, s = self.cfg, self.stage
         path = Path(cfg.resume if isinstance(cfg.resume, str) else cfg.out / "last.ckpt")
         # rank 0 reads it and sends it on: other machines need no copy of the run folder
-        ckpt = broadcast_object(load_checkpoint(path) if is_main() else None)
-        s.net.load_state_dict(ckpt["model"])
-        s.optimizer.load_state_dict(ckpt["optimizer"])
-        s.scheduler.load_state_dict(ckpt["scheduler"])
+        ckpt = broadcast_object(load_checkpoint(path, allow_pickle=cfg.allow_pickle)
+                                if is_main() else None)
+        check_resumable(ckpt, path)
+        load_model_state(s.net, ckpt["model"], path, network_of(ckpt, cfg.config))
+        try:  # the same network with another optimizer or scheduler (e.g. another stage's)
+            s.optimizer.load_state_dict(ckpt["optimizer"])
+            s.scheduler.load_state_dict(ckpt["scheduler"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{path}: its optimizer/scheduler state does not fit this run's "
+                            f"({msg})") from None
         if s.scaler.is_enabled() and "scaler" in ckpt:
             s.scaler.load_state_dict(ckpt["scaler"])
         params = dict(s.net.named_parameters())
@@ -318,12 +326,10 @@ class Engine:
                  f"epoch {pos['epoch']}, iteration {pos['iteration']}")
         log.info("resumed from %s at %s", path, where)
         if pos is not None and len(pos["ranks"]) != rank_world()[1]:
-            from tool.common.errors import UserError
-
             raise UserError(f"{path} was saved mid-epoch by {len(pos['ranks'])} process(es); "
                             f"resume it with as many (this run has {rank_world()[1]})")
         if is_main():
-            reconcile_best(cfg.out / "best.ckpt", ckpt)
+            reconcile_best(cfg.out / "best.ckpt", ckpt, cfg.allow_pickle)
             # a run stopped between last.ckpt and metrics.csv left the table an epoch behind
             write_metrics(cfg.out / "metrics.csv", self.state.history, s.columns)
 
@@ -472,7 +478,36 @@ class Engine:
         self.writer.flush()
 
 
-def reconcile_best(best_path: Path, last: dict) -> None:
+RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "history")
+
+
+def check_resumable(ckpt: dict, path: Path) -> None:
+    """One line when ``ckpt`` lacks what :meth:`Engine.resume` reads (e.g. a released or
+    plain state dict given to ``--resume``: those are ``--weights``, METHOD.md D7)."""
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if "best_score" not in ckpt and "best_miou" not in ckpt:
+        missing.append("best_score")
+    if missing:
+        keys = ", ".join(map(str, list(ckpt)[:8])) + (", ..." if len(ckpt) > 8 else "")
+        raise UserError(f"{path} is not a training checkpoint of this trainer: it lacks "
+                        f"{', '.join(missing)} (its keys: {keys}); to start from its weights "
+                        f"use --weights instead of --resume")
+
+
+def network_of(ckpt: dict, config: dict) -> str:
+    """"a resnet18" / "a resnet18 (backbone_width 0.25)": the network the checkpoint's saved
+    config names, with the model options that differ from ``config`` (this run's)."""
+    there = ckpt.get("config", {}).get("model") if isinstance(ckpt.get("config"), dict) else None
+    if not isinstance(there, dict) or "backbone" not in there:
+        return "another network's"
+    here = config.get("model", {}) if isinstance(config, dict) else {}
+    diff = [f"{k} {there[k]}" for k in sorted(there)
+            if k != "backbone" and not k.endswith("weights") and k in here
+            and there[k] != here[k]]
+    return f"a {there['backbone']}" + (f" ({', '.join(diff)})" if diff else "")
+
+
+def reconcile_best(best_path: Path, last: dict, allow_pickle: bool = False) -> None:
     """Make ``best.ckpt`` agree with the best epoch ``last.ckpt`` records, or warn in one line.
 
     Runs of earlier versions wrote last.ckpt first, so a kill in between left best.ckpt at an
@@ -484,7 +519,8 @@ def reconcile_best(best_path: Path, last: dict) -> None:
     want = last.get("best_epoch")
     if want is None:  # no epoch beat the floor yet, or a checkpoint without the record
         return
-    have = load_checkpoint(best_path).get("epoch") if best_path.exists() else None
+    have = (load_checkpoint(best_path, allow_pickle=allow_pickle).get("epoch")
+            if best_path.exists() else None)
     if have == want:
         return
     held = "is missing" if have is None else f"holds epoch {have}"

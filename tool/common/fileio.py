@@ -18,14 +18,50 @@ import numpy as np
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
+def _umask_from_proc() -> int | None:
+    """The process umask from Linux's /proc/self/status (kernel 4.7+), without changing it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_by_swap() -> int:
+    """The umask read the only portable way, by setting and restoring it: os.umask is
+    process-wide, so this runs once, at import, before any worker thread exists."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_from_proc()
+if _UMASK_AT_IMPORT is None:
+    _UMASK_AT_IMPORT = _umask_by_swap()
+
+
+def current_umask() -> int:
+    """The umask now where /proc tells it (thread-safe), else the one at import."""
+    mask = _umask_from_proc()
+    return _UMASK_AT_IMPORT if mask is None else mask
+
+
 def atomic_save(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path`` and rename it into place."""
+    """Call ``write(fileobj)`` on a temporary file next to ``path`` and rename it into place.
+
+    The file gets the mode any new file of the user gets (0666 minus the umask), not the
+    0600 of ``mkstemp``'s temporary file: outputs are shared like any others.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

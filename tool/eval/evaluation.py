@@ -23,17 +23,21 @@ them: shape (1, 21, 22). Every function below accepts either width.
 
 Deliberate differences from the reference, all for inputs it would crash on or miscount:
 counts are int64 (the reference sums into 32-bit shared ints); GT values outside 0..20 and 255,
-NaN maps, malformed dicts and size mismatches are errors naming the file; an empty dict is
-read as "no foreground class" at the GT size (the reference cannot read its size).
+NaN maps, malformed dicts, keys that look 1-based (the GT's classes each one too high, which
+the reference scores as the next class) and size mismatches are errors naming the file; an
+empty dict is read as "no foreground class" at the GT size (the reference cannot read its
+size).
 """
 from __future__ import annotations
 
 import decimal
 import os
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,16 +97,39 @@ def _check_gt(gt: np.ndarray, where: str) -> np.ndarray:
     return gt
 
 
-def _check_dict(pred: object, shape: tuple[int, int], where: str) -> dict[int, np.ndarray]:
-    """Validate a CAM dict: int keys 0..19 -> numeric 2-D maps of the GT size."""
+ONE_BASED_HINT = ("the hand-off format keys maps by 0-based foreground index 0..19, "
+                  "0 = aeroplane (METHOD.md 6)")
+
+
+def _is_int(k: object) -> bool:
+    return isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+
+
+def _all_one_based(keys: object) -> bool:
+    """Every key an int in 1..20, as a writer keying maps by VOC label value would give."""
+    keys = list(keys)
+    return bool(keys) and all(_is_int(k) and 1 <= k <= NUM_FG for k in keys)
+
+
+def _check_dict(pred: object, shape: tuple[int, int], where: str,
+                gt: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Validate a CAM dict (METHOD.md 6): int keys 0..19 -> numeric 2-D maps of the GT size.
+
+    With ``gt``, also refuse a dict whose keys are the ground truth's classes each one too
+    high: keys written 1-based (VOC label values 1..20) that would be scored as the next
+    class without a word. A valid dict's keys are its image's labels, so they never match
+    the GT shifted by one; keys that differ from the GT otherwise are scored as they are.
+    """
     if not isinstance(pred, dict):
         raise UserError(f"{where}: not a dict of class index -> 2-D map "
                         f"(got {type(pred).__name__})")
     out = {}
     for k, v in pred.items():
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) \
-                or not 0 <= k < NUM_FG:
-            raise UserError(f"{where}: dict key {k!r} is not a class index 0..{NUM_FG - 1}")
+        if not _is_int(k) or not 0 <= k < NUM_FG:
+            hint = f"; keys look 1-based (1..{NUM_FG}): {ONE_BASED_HINT}" \
+                if _all_one_based(pred) else ""
+            raise UserError(f"{where}: dict key {k!r} is not a class index "
+                            f"0..{NUM_FG - 1}{hint}")
         v = np.asarray(v)
         if v.ndim != 2 or v.dtype.kind not in "biuf":
             raise UserError(f"{where}: map of class {k} is not a 2-D numeric array "
@@ -111,17 +138,27 @@ def _check_dict(pred: object, shape: tuple[int, int], where: str) -> dict[int, n
             raise UserError(f"{where}: map of class {k} is {v.shape[0]}x{v.shape[1]} but the "
                             f"ground truth is {shape[0]}x{shape[1]}")
         out[int(k)] = v
+    if gt is not None and _all_one_based(out):
+        # 0-based classes in the GT: label value c (1..20) is class c - 1
+        counts = np.bincount(np.asarray(gt).ravel().astype(np.intp), minlength=NUM_CLASSES)
+        present = set(np.flatnonzero(counts[1:NUM_CLASSES]).tolist())
+        if set(out) != present and {k - 1 for k in out} == present:
+            raise UserError(f"{where}: dict keys {sorted(out)} look 1-based: the ground truth "
+                            f"holds classes {sorted(present)} (0-based), each key one higher; "
+                            f"{ONE_BASED_HINT}")
     return out
 
 
 def fg_max_argmax(pred: dict[int, np.ndarray], shape: tuple[int, int],
-                  where: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
+                  where: str = "prediction", gt: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Max and first argmax over the 20 float32 foreground channels of a CAM dict.
 
     Returns m: float32 (H, W) and label: intp (H, W) in 1..20 (= argmax + 1). Absent classes
     are zero channels; only the lowest-index absent one can win a tie, so it stands for all.
+    ``gt`` (validated, of ``shape``): also refuse keys that look 1-based (:func:`_check_dict`).
     """
-    maps = _check_dict(pred, shape, where)
+    maps = _check_dict(pred, shape, where, gt)
     absent = [k for k in range(NUM_FG) if k not in maps][:1]
     m = label = None
     for k in sorted(list(maps) + absent):
@@ -147,7 +184,7 @@ def confusion_npy(pred: dict[int, np.ndarray], gt: np.ndarray,
     """
     thr = _as_thresholds(thresholds).astype(np.float32)  # the reference compares in float32
     gt = _check_gt(gt, where)
-    m, label = fg_max_argmax(pred, gt.shape, where)
+    m, label = fg_max_argmax(pred, gt.shape, where, gt)
     order = np.argsort(thr, kind="stable")
     # thresholds strictly below m predict the foreground label, the others background
     n_below = np.searchsorted(thr[order], m, side="left")
@@ -255,6 +292,68 @@ def default_num_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """A worker's exception as a value: a UserError's message, or another's traceback."""
+
+    message: str
+    user: bool
+
+
+def _call_catching(task: tuple[int, Callable[[Any], Any], Any]) -> tuple[int, Any]:
+    """Run one job in a worker; its exception is returned, never raised across the pool."""
+    index, func, job = task
+    try:
+        return index, func(job)
+    except UserError as e:
+        return index, _Failure(str(e), True)
+    except Exception:  # noqa: BLE001 - a bug: its traceback is re-raised in the parent
+        return index, _Failure(traceback.format_exc(), False)
+
+
+def pool_map(func: Callable[[Any], Any], jobs: Sequence[Any], workers: int,
+             combine: Callable[[Any, Any], Any] | None = None) -> Any:
+    """``func`` over ``jobs`` in ``workers`` processes (``func`` a module-level function).
+
+    Without ``combine``: the results in job order (a list); with it: the results folded with
+    ``combine`` as they arrive (bounded memory). A job that raises makes this raise after
+    every job has finished: the UserError of the first failing job in job order (the same
+    file as in one process), any other exception as a RuntimeError with the worker's
+    traceback.
+
+    Why values and not raising: an exception out of ``imap`` left ``with Pool``
+    to call ``terminate()`` while workers were still sending results larger than a pipe
+    buffer (a curve's confusions), and CPython's pool shutdown then deadlocks. Here every
+    result is read and the pool closes and joins normally; ``terminate()`` remains only for
+    an exception in this process (Ctrl-C).
+    """
+    pool = Pool(workers)
+    try:
+        tasks = [(i, func, job) for i, job in enumerate(jobs)]
+        failures: list[tuple[int, _Failure]] = []
+        results: list[Any] = [None] * len(tasks)
+        total = None
+        for i, res in pool.imap_unordered(_call_catching, tasks):
+            if isinstance(res, _Failure):
+                failures.append((i, res))
+            elif combine is None:
+                results[i] = res
+            else:
+                total = res if total is None else combine(total, res)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    if failures:
+        failure = min(failures, key=lambda f: f[0])[1]
+        if failure.user:
+            raise UserError(failure.message)
+        raise RuntimeError(f"a worker process failed:\n{failure.message}")
+    return results if combine is None else total
+
+
 def accumulate(names: Sequence[str], predict_dir: str | os.PathLike,
                gt_dir: str | os.PathLike, kind: str, thresholds: np.ndarray | None,
                num_workers: int) -> np.ndarray:
@@ -267,8 +366,7 @@ def accumulate(names: Sequence[str], predict_dir: str | os.PathLike,
     bounds = np.linspace(0, len(names), n_chunks + 1).astype(int)
     jobs = [(names[a:b], predict_dir, gt_dir, kind, thresholds)
             for a, b in zip(bounds[:-1], bounds[1:])]
-    with Pool(workers) as pool:
-        return sum(pool.imap_unordered(_confusion_chunk, jobs))
+    return pool_map(_confusion_chunk, jobs, workers, combine=np.add)
 
 
 # ---------------------------------------------------------------- results

@@ -26,7 +26,6 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +85,7 @@ def per_image_confusions(names: Sequence[str], predict_dir: str | os.PathLike,
             for a, b in zip(bounds[:-1], bounds[1:])]
     if workers == 1:
         return np.concatenate([_confusion_stack(job) for job in jobs])
-    with Pool(workers) as pool:
-        return np.concatenate(list(pool.imap(_confusion_stack, jobs)))
+    return np.concatenate(ev.pool_map(_confusion_stack, jobs, workers))
 
 
 # ---------------------------------------------------------------- scores
