@@ -70,7 +70,7 @@ from PIL import Image
 
 from data.voc import CLASS_NAMES, NUM_CLASSES, save_label_png
 from tool.common.errors import UserError, cli_main
-from tool.common.fileio import atomic_save, save_npy_dict, save_text
+from tool.common.fileio import atomic_save, current_umask, save_npy_dict, save_text
 
 CLASSES = (  # (VOC class index, shape, texture, period in px at REF_LONG; spokes: nominal)
     (1, "triangle", "stripes45", 8.0), (2, "dumbbell", "crosshatch", 12.0),
@@ -521,6 +521,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, n_train_aug: int = 300,
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             res = _write_all(tmp, seed, n_train_aug, n_train, n_val)
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700
             os.replace(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -100,3 +100,20 @@ def test_engine_mid_epoch_checkpoint_loads_safely(tmp_path, monkeypatch):
     assert set(ck["position"]["ranks"][0]["rng"]) == {"python", "numpy", "torch", "cuda"}
     monkeypatch.setattr(checkpoint, "_torch_load_unsafe", None)  # would raise if reached
     assert read_checkpoint(tmp_path / "last.ckpt")["position"]["iteration"] == 2
+
+
+def test_allow_pickle_flag_opts_in_for_the_run(tmp_path, tiny_config, trained, monkeypatch):
+    """``--allow_pickle True`` on an entry point is the same opt-in as the variable."""
+    import infer_cam
+
+    monkeypatch.setenv(UNSAFE_PICKLE_ENV, "0")  # restored after the test, opt-in included
+    ck = load_checkpoint(trained)
+    path = tmp_path / "with_namespace.ckpt"
+    torch.save({**ck, "args": argparse.Namespace(lr=0.1)}, path)
+    out = tmp_path / "npy"
+    common = ["--config", str(tiny_config), "--weights", str(path),
+              "--out_npy", str(out), "--out_png", "None", "--crf", "False"]
+    with pytest.raises(UserError, match="--allow_pickle True"):
+        infer_cam.main(common)
+    assert not out.exists()
+    assert infer_cam.main([*common, "--allow_pickle", "True"]) > 0

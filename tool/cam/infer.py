@@ -34,6 +34,7 @@ from net.weights import no_weights
 from tool.cam.build import load_trained
 from tool.cam.msf import msf_cams, present_dict
 from tool.cam.vis import save_overlay
+from tool.common.checkpoint import allow_unsafe_pickle
 from tool.common.dist import local_device, rank_world, shard
 from tool.common.errors import UserError
 from tool.common.fileio import save_npy_dict
@@ -241,6 +242,8 @@ def run_checkpoint(args: Namespace) -> int:
     picks; returns how many images were written (see :func:`run`)."""
     setup_logging()  # before loading: the log names the keys a released checkpoint ignores
     configure_threads(args.threads, args.num_workers)
+    if args.allow_pickle:
+        allow_unsafe_pickle()
     if no_weights(args.weights):
         raise UserError("--weights is required: the trained checkpoint (e.g. runs/demo/best.ckpt)")
     log.info("%s", preflight(args, decode=args.preflight_decode))

@@ -35,6 +35,7 @@ from tool.cam.msf import msf_cams, present_dict
 from tool.cam.step import StepContext, TrainLosses, train_step
 from tool.cam.validate import ValResult, validate
 from tool.cam.vis import heatmap, label_overlay
+from tool.common.checkpoint import allow_unsafe_pickle
 from tool.common.dist import (
     broadcast_object,
     cleanup_distributed,
@@ -251,6 +252,8 @@ def _preflight_on_rank0(args: Namespace) -> str:
 def run(args: Namespace) -> dict:
     """Train (in every process of a torchrun launch); returns the final state summary."""
     configure_threads(args.threads, args.num_workers)
+    if args.allow_pickle:
+        allow_unsafe_pickle()
     device = local_device(resolve_device(args.device))
     init_distributed(device)
     out = Path(args.session_name)

@@ -34,6 +34,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_save(path, lambda f: torch.save(state, f))
 
 
+def allow_unsafe_pickle() -> None:
+    """``--allow_pickle True``: opt in for this process and the processes it starts (the
+    environment reaches every loader, torchrun ranks and workers included)."""
+    os.environ[UNSAFE_PICKLE_ENV] = "1"
+
+
 def unsafe_pickle_allowed(allow_pickle: bool = False) -> bool:
     """Whether full unpickling is allowed: ``allow_pickle`` or ``PLMIX_UNSAFE_PICKLE=1``."""
     return allow_pickle or os.environ.get(UNSAFE_PICKLE_ENV, "").strip().lower() in _TRUE
@@ -61,7 +67,8 @@ def _refusal(path: str, err: pickle.UnpicklingError) -> str:
                 + (f" ({op.group(1).strip()})" if op else "")
                 + ": a corrupt file, or a pickle of another kind")
     return (f"checkpoint {path} {what}; unpickling it runs whatever code the file holds, so "
-            f"do it only for a file you trust: set {UNSAFE_PICKLE_ENV}=1 (allow_pickle=True)")
+            f"do it only for a file you trust: add --allow_pickle True (or set "
+            f"{UNSAFE_PICKLE_ENV}=1)")
 
 
 def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> object:
