@@ -17,6 +17,7 @@ from tests.common import engine_toy
 from tests.utils import rows_without_time
 from tool.common.checkpoint import load_checkpoint
 from tool.common.engine import epoch_loader
+from tool.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -110,11 +111,14 @@ def test_two_gloo_processes_sigkill_and_sigterm_resume_exactly(tmp_path):
 
 
 def test_a_mid_epoch_checkpoint_needs_as_many_processes(tmp_path):
-    r = _toy(tmp_path, "--checkpoint_every", "2", "--signal_at", "1:3:KILL", procs=2)
-    assert r.returncode != 0
-    r = _toy(tmp_path, "--resume")
-    assert r.returncode == 2
-    assert "saved mid-epoch by 2 process(es); resume it with as many" in r.stderr
+    assert _toy(tmp_path, "--checkpoint_every", "2", "--signal_at", "1:3:KILL").returncode < 0
+    ck = load_checkpoint(tmp_path / "last.ckpt")
+    ranks = ck["position"]["ranks"]
+    torch.save({**ck, "position": {**ck["position"], "ranks": ranks * 2}},
+               tmp_path / "last.ckpt")  # as 2 processes would have saved it
+    with pytest.raises(UserError, match=r"saved mid-epoch by 2 process\(es\); resume it with "
+                                        r"as many \(this run has 1\)"):
+        engine_toy.run(tmp_path, checkpoint_every=2, resume=True)
 
 
 def test_tensorboard_event_files_hold_the_scalars(tmp_path):

@@ -37,13 +37,13 @@ def test_bench_crf_smoke():
 def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
     res = bench.main(["--only", "train,infer", "--voc12_root", str(toy_voc),
                       "--train_config", str(tiny_config), "--train_iters", "1",
-                      "--infer_config", str(tiny_config)])
+                      "--infer_config", str(tiny_config), "--infer_procs", "1"])
     for phase in ("main pass (MCL)", "+ EMD (full step)"):
         for col in ("1 process", "1 process, 1/N cores", "2 processes"):
             assert res["train"][phase][f"images_per_s ({col})"] > 0
-    assert res["infer"]["images_per_s (2 processes (sharded))"] > 0
-    out = capsys.readouterr().out
-    assert "DDP efficiency" in out and "2 processes (sharded)" in out
+    # inference's torchrun columns run the same launcher as training's (test time: 1 here)
+    assert res["infer"]["images_per_s (1 process)"] > 0
+    assert "DDP efficiency" in capsys.readouterr().out
 
 
 def test_model_memory_smoke(capsys):
