@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TOY    ?= data/toy_voc
+# pytest processes for `make test`; each test runs one torch thread (tiny tensors)
+TEST_WORKERS ?= 2
 
 .PHONY: demo demo-pretrained test lint bench ablation toy clean-runs help
 
@@ -38,7 +40,7 @@ demo-pretrained: toy
 
 test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
