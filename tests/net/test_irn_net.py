@@ -19,7 +19,7 @@ N_SRC = 13090  # sources of the 128x128 training grid
 TOY = dict(backbone="resnet18", backbone_width=0.25, crop_size=64)
 
 
-# ------------------------------------------------------------------ reference layout (§7.2)
+# ----------------------------------------------------- reference layout (METHOD.md 13.7.2)
 
 def _bn(shapes: dict, prefix: str, c: int) -> None:
     shapes.update({f"{prefix}.{s}": (c,) for s in ("weight", "bias", "running_mean",
@@ -49,7 +49,7 @@ def resnet50_layout() -> dict[str, tuple[int, ...]]:
 
 
 def edge_displacement_layout() -> dict[str, tuple[int, ...]]:
-    """The 1 035 keys of IRN's ``EdgeDisplacement`` state dict with their shapes (§7.2)."""
+    """The 1 035 keys of IRN's ``EdgeDisplacement`` state dict with their shapes (13.7.2)."""
     trunk = resnet50_layout()
     shapes = {f"resnet50.{k}": v for k, v in trunk.items()}
     for k, v in trunk.items():  # stage1 = (conv1, bn1, relu, maxpool), stage2..5 = (layer1..4)
@@ -137,7 +137,7 @@ def _one_line(excinfo) -> str:
     return text
 
 
-# ------------------------------------------------------------------ canned check 6 (§11)
+# ---------------------------------------- canned network checks (verified against IRN)
 
 def test_edge_displacement_shapes_375x500(irn50):
     _, edge, disp = irn50
@@ -316,7 +316,7 @@ def test_other_backbones_are_refused():
 # ------------------------------------------------------------------------ checkpoint loader
 
 def test_june_2019_layout_loads(toy, tmp_path):
-    """Old files: index Parameters, a BatchNorm MeanShift, no ``mean_shift.*`` key (§7.3)."""
+    """Old files: index Parameters, a BatchNorm MeanShift, no ``mean_shift.*`` key (13.7.3)."""
     state = random_state(toy, seed=1)
     del state["mean_shift.running_mean"]
     old = {"path_indices0": torch.zeros(2, 2, 5, dtype=torch.long),
