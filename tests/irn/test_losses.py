@@ -139,3 +139,22 @@ def test_tensor_indices_match_numpy_indices():
     a = affinity_loss(logits, pi.path_indices, bg, fg, neg)
     b = affinity_loss(logits, [torch.from_numpy(p) for p in pi.path_indices], bg, fg, neg)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_follows_inputs(device):
+    pi = PathIndex(3, (8, 10))
+    gen = torch.Generator().manual_seed(7)
+    logits, disp = torch.randn(2, 1, 8, 10, generator=gen), torch.randn(2, 2, 8, 10, generator=gen)
+    bg, fg, neg = masks(2, pi, seed=8)
+    ref = irn_loss(logits, disp, pi.path_indices, pi.search_dst, pi.radius_floor, bg, fg, neg)
+    moved = [t.to(device) for t in (logits, disp, bg, fg, neg)]
+    got = irn_loss(moved[0], moved[1], pi.path_indices, pi.search_dst, pi.radius_floor,
+                   *moved[2:])
+    for key, value in got.items():
+        assert value.device.type == device
+        assert value.item() == pytest.approx(ref[key].item(), rel=1e-5)

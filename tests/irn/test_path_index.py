@@ -182,3 +182,16 @@ def test_bad_radius(bad):
 def test_grid_too_small():
     with pytest.raises(ValueError, match="too small"):
         PathIndex(5, (4, 20))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_device_follows_inputs(device):
+    pi = PathIndex(2, (3, 4))
+    label = torch.tensor([[0, 0, 1, 1], [0, 255, 1, 1], [0, 0, 2, 1]], dtype=torch.uint8)
+    ref = affinity_labels(label, pi.src_indices, pi.dst_indices)
+    got = affinity_labels(label.to(device), pi.src_indices, pi.dst_indices)
+    assert all(g.device.type == device and torch.equal(g.cpu(), r) for g, r in zip(got, ref))
+    boundary = torch.rand(2, 1, 3, 4)
+    out = path_max(boundary.to(device), pi.path_indices)
+    assert out.device.type == device and torch.equal(out.cpu(), path_max(boundary, pi.path_indices))

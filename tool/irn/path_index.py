@@ -17,6 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# Pair labels are made by the data pipeline (data/ must not import tool/irn); re-exported here,
+# their home in the module map (METHOD.md 13.11).
+from data.irn_affinity import affinity_labels
+
+__all__ = ["PathIndex", "affinity_labels", "direction_path", "path_max", "search_directions"]
+
 
 def search_directions(radius: int) -> list[tuple[int, int]]:
     """The direction set O_r in generation order: (0, 1) .. (0, r-1), then dy = 1 .. r-1 with
@@ -108,32 +114,6 @@ class PathIndex:
                         for g in self.search_paths]
         dst = (self.search_dst[:, 0] * width + self.search_dst[:, 1])[:, None] + src
         return path_indices, src, dst
-
-
-def affinity_labels(label_map: np.ndarray | torch.Tensor, src_indices: np.ndarray | torch.Tensor,
-                    dst_indices: np.ndarray | torch.Tensor,
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pair labels from a reduced IR label map (METHOD.md 13.4.4).
-
-    Args:
-        label_map: (S_h, S_w) uint8 IR labels: 0 background, 1..20 classes, 255 ignore (any
-            value >= 21 counts as ignore).
-        src_indices: (n_src,) flat source indices; dst_indices: (n_dirs, n_src).
-
-    Returns:
-        (bg_pos, fg_pos, neg), each float32 (n_dirs, n_src) on ``label_map``'s device: both ends
-        background; both ends the same class; both ends valid but different (fg-bg or two
-        classes). Pairs touching an ignored pixel are in none of them.
-    """
-    device = label_map.device if isinstance(label_map, torch.Tensor) else None
-    flat = torch.as_tensor(np.asarray(label_map) if device is None else label_map).reshape(-1)
-    flat = flat.to(device=device, dtype=torch.int64)  # int64: uint8 tensors cannot be compared
-    src = torch.as_tensor(src_indices, device=flat.device).reshape(1, -1)
-    dst = torch.as_tensor(dst_indices, device=flat.device)
-    f, t = flat[src], flat[dst]  # (1, n_src), (n_dirs, n_src)
-    valid = (f < 21) & (t < 21)
-    same = (f == t) & valid
-    return ((same & (f == 0)).float(), (same & (f > 0)).float(), (valid & ~same).float())
 
 
 def path_max(boundary: torch.Tensor,
