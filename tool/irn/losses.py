@@ -61,7 +61,7 @@ def pair_displacement(disp: torch.Tensor, search_dst: np.ndarray | torch.Tensor,
     c_h, c_w = disp.shape[2] - r_f, disp.shape[3] - 2 * r_f
     src = disp[:, :, :c_h, r_f:r_f + c_w].flatten(2)  # (N, 2, n_src)
     dst = torch.stack([disp[:, :, dy:dy + c_h, r_f + dx:r_f + dx + c_w].flatten(2)
-                       for dy, dx in np.asarray(search_dst).tolist()], dim=2)
+                       for dy, dx in torch.as_tensor(search_dst).tolist()], dim=2)
     return src[:, :, None] - dst
 
 
@@ -82,7 +82,7 @@ def displacement_loss(disp: torch.Tensor, search_dst: np.ndarray | torch.Tensor,
         pairs and the two coordinates (hence the 2 in the denominator).
     """
     delta = pair_displacement(disp, search_dst, radius_floor)
-    offsets = torch.as_tensor(np.asarray(search_dst), dtype=disp.dtype, device=disp.device)
+    offsets = torch.as_tensor(search_dst, dtype=disp.dtype, device=disp.device)
     target = offsets.t()[None, :, :, None]  # (1, 2, n_dirs, 1), the reference's disp_target
     fg = _masked_mean((delta - target).abs(), fg_pos[:, None], 2.0)
     bg = _masked_mean(delta.abs(), bg_pos[:, None], 2.0)
