@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# Pair labels are made by the data pipeline (data/ must not import tool/irn); re-exported here,
+# Pair labels are made by the data pipeline (data/ may not import tool/irn); re-exported here,
 # their home in the module map (METHOD.md 13.11).
-from data.irn_affinity import affinity_labels
+from data.irn_pairs import affinity_labels
 
 __all__ = ["PathIndex", "affinity_labels", "direction_path", "path_max", "search_directions"]
 
