@@ -1,8 +1,8 @@
 """The package layout (README "Code layout"): imports point one way, from the scripts down to
 the plumbing, so no package imports one above it and there is no package cycle.
 
-    entry scripts (train_mcl, infer_cam, eval_cam), dev  ->  cam, irn  ->  crf, eval, net, data
-    ->  common
+    entry scripts (train_mcl, infer_cam, eval_cam, make_ir_labels), dev  ->  cam, irn
+    ->  crf, eval, net, data  ->  common
 
 The entry scripts are thin (parse flags, call the library): nothing imports them, tool/dev
 included. Every import counts, including the ones inside functions."""
@@ -13,7 +13,7 @@ import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY = ("train_mcl", "infer_cam", "eval_cam")
+ENTRY = ("train_mcl", "infer_cam", "eval_cam", "make_ir_labels")
 # package -> the packages it may import (besides itself)
 ALLOWED = {
     "common": set(),

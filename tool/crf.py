@@ -19,6 +19,8 @@ CRF's up to float32 rounding. ``absent="drop"`` removes them outright: the kept 
 grow by a per-pixel factor, the messages shift and about 1 % of the pixels can change
 (tool.dev.bench_crf).
 
+``crf_from_labels`` is the other CRF, of a hard label map (IRN's IR labels, METHOD.md 13.2.3).
+
 ``CRFPool`` runs a batch of images in worker processes (created once, reused across calls) that
 exit when the process that owns the pool dies, even by SIGKILL.
 """
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
+from pydensecrf.utils import unary_from_labels
 
 ABSENT_MODES = ("merge", "drop")
 
@@ -133,6 +136,22 @@ def dense_crf(image_hwc_uint8: np.ndarray, probs_chw: np.ndarray,
     crf = _build_crf(image_hwc_uint8, probs_chw.shape[0], params)
     return _infer(crf, softmax_unary(probs_chw, params.unary_scale), params.n_iters,
                   probs_chw.shape[1:])
+
+
+def crf_from_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, params: CRFParams,
+                    gt_prob: float = 0.7) -> np.ndarray:
+    """The CRF of a hard label map (IRN's, METHOD.md 13.2.3), not of a softmax: Q np (L, H, W).
+
+    image (H, W, 3) uint8; labels (H, W) ints in 0..n_labels-1, every value an ordinary label
+    (pydensecrf's ``unary_from_labels`` with zero_unsure=False: -log(gt_prob) for the given
+    label, -log((1 - gt_prob) / (n_labels - 1)) for each other one). Only the pairwise
+    settings and ``n_iters`` of ``params`` are read. n_labels >= 2.
+    """
+    if n_labels < 2:
+        raise ValueError(f"a label CRF needs n_labels >= 2, got {n_labels}")
+    unary = unary_from_labels(np.asarray(labels), n_labels, gt_prob=gt_prob, zero_unsure=False)
+    crf = _build_crf(image, n_labels, params)
+    return _infer(crf, unary, params.n_iters, labels.shape)
 
 
 def crf_labels_full(image: np.ndarray, maps: np.ndarray,
@@ -303,6 +322,14 @@ def _poll_parent(parent_pid: int, period_s: float = 1.0) -> None:
     while os.getppid() == parent_pid:
         time.sleep(period_s)
     os._exit(1)
+
+
+def worker_pool(workers: int, mp_context: str = "spawn") -> ProcessPoolExecutor:
+    """A process pool whose workers exit when this process dies and ignore SIGINT/SIGTERM
+    (``_exit_with_parent``), as :class:`CRFPool`'s, for other per-image work (stage 2's IR
+    labels). Create and first use it in a thread that lives as long as the pool."""
+    return ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context(mp_context),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
 
 
 class CRFPool:

@@ -8,6 +8,7 @@ import pytest
 
 from tool.common.config import (
     CONFIG_DIR,
+    TRAIN_SECTIONS,
     leaves,
     load_config,
     parse_config_args,
@@ -17,7 +18,8 @@ from tool.common.config import (
 )
 from tool.common.errors import UserError
 
-ALL = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "infer", "quirks"]
+ALL = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "infer", "quirks",
+       "irn"]
 
 
 def test_leaf_names_unique_across_sections():
@@ -66,8 +68,9 @@ def test_interpolation_follows_command_line():
                                   ["--camT=0.3", "--crf"], ["--crf", "--camT", "0.3"]],
                          ids=["space", "equals", "abbreviated", "bare-bool-after", "bare-bool"])
 def test_given_names_the_keys_the_command_line_set(argv):
-    args = parse_config_args(["--config", str(CONFIG_DIR / "toy.yaml"), *argv], ALL, "t",
-                             CONFIG_DIR / "base.yaml")
+    # the training flags: with every section, --cam would also match stage 2's --cam_dir
+    args = parse_config_args(["--config", str(CONFIG_DIR / "toy.yaml"), *argv], TRAIN_SECTIONS,
+                             "t", CONFIG_DIR / "base.yaml")
     assert args.camT == 0.3
     assert args.given == ({"camT", "crf"} if "--crf" in argv else {"camT"})
     assert "config" not in args.given  # the config file is no config key

@@ -23,7 +23,8 @@ from tool.common.config import (
 from tool.common.errors import UserError
 
 ROOT = CONFIG_DIR.parent
-ALL = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "infer", "quirks"]
+ALL = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "infer", "quirks",
+       "irn"]
 
 
 def _child(tmp_path, body: str, name: str = "x.yaml"):

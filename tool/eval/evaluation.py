@@ -112,7 +112,8 @@ def _all_one_based(keys: object) -> bool:
 
 
 def _check_dict(pred: object, shape: tuple[int, int], where: str,
-                gt: np.ndarray | None = None) -> dict[int, np.ndarray]:
+                gt: np.ndarray | None = None, ref: str = "the ground truth"
+                ) -> dict[int, np.ndarray]:
     """Validate a CAM dict (METHOD.md 6): int keys 0..19 -> numeric 2-D maps of the GT size.
 
     With ``gt``, also refuse a dict whose keys are the ground truth's classes each one too
@@ -135,8 +136,8 @@ def _check_dict(pred: object, shape: tuple[int, int], where: str,
             raise UserError(f"{where}: map of class {k} is not a 2-D numeric array "
                             f"(shape {v.shape}, dtype {v.dtype})")
         if v.shape != shape:
-            raise UserError(f"{where}: map of class {k} is {v.shape[0]}x{v.shape[1]} but the "
-                            f"ground truth is {shape[0]}x{shape[1]}")
+            raise UserError(f"{where}: map of class {k} is {v.shape[0]}x{v.shape[1]} but "
+                            f"{ref} is {shape[0]}x{shape[1]}")
         out[int(k)] = v
     if gt is not None and _all_one_based(out):
         # 0-based classes in the GT: label value c (1..20) is class c - 1
@@ -147,6 +148,14 @@ def _check_dict(pred: object, shape: tuple[int, int], where: str,
                             f"holds classes {sorted(present)} (0-based), each key one higher; "
                             f"{ONE_BASED_HINT}")
     return out
+
+
+def check_cam_dict(pred: object, shape: tuple[int, int], where: str,
+                   ref: str = "the image") -> dict[int, np.ndarray]:
+    """The evaluator's checks of a hand-off CAM dict (METHOD.md 6), for other readers (stage 2):
+    int keys 0..19 -> numeric 2-D maps of ``shape``, the size of ``ref``; UserError naming
+    ``where`` otherwise. Returns {int key: map}."""
+    return _check_dict(pred, shape, where, ref=ref)
 
 
 def fg_max_argmax(pred: dict[int, np.ndarray], shape: tuple[int, int],
