@@ -57,7 +57,24 @@ def _names_and_labels(names: Sequence[str] | PathLike, cls_labels: dict | PathLi
     return names, lookup_labels(cls_labels, names, where)
 
 
-class TrainDataset(Dataset):
+class EpochDataset(Dataset):
+    """A training set of ``names`` whose sample ``index`` draws from (seed, epoch, index)
+    generators (:func:`sample_rngs`): the same sample in every run, worker and resume."""
+
+    names: list[str]
+    epoch: int = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws ``__getitem__`` uses (call before each epoch)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+
+class TrainDataset(EpochDataset):
     """Training samples: a flipped/resized/jittered/cropped main image and two overlapping views.
 
     ``__getitem__`` returns a dict:
@@ -91,15 +108,6 @@ class TrainDataset(Dataset):
         self.jitter = T.Jitter.of(jitter)
         self.with_views = with_views
         self.mean, self.std = mean, std
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws ``__getitem__`` uses (call before each epoch)."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
         name = self.names[index]

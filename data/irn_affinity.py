@@ -20,10 +20,9 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from data import transforms as T
-from data.datasets import PathLike, sample_rngs, to_chw
+from data.datasets import EpochDataset, PathLike, sample_rngs, to_chw
 from data.irn_pairs import affinity_labels
 from data.voc import (
     IGNORE_INDEX,
@@ -69,7 +68,7 @@ def _crop_axis(side: int, crop: int, rng: np.random.Generator) -> tuple[int, int
     return 0, int(rng.integers(0, crop - side, endpoint=True)), side
 
 
-class IRNAffinityDataset(Dataset):
+class IRNAffinityDataset(EpochDataset):
     """Crops and affinity labels for IRN training.
 
     Args:
@@ -126,15 +125,6 @@ class IRNAffinityDataset(Dataset):
         # Workers get a copy of the dataset: keep the small index arrays, not the path index.
         self.src_indices = torch.from_numpy(path_index.src_indices)
         self.dst_indices = torch.from_numpy(path_index.dst_indices)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws ``__getitem__`` uses (call before each epoch)."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = epoch
 
     def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The image (PIL RGB) and its IR label (H, W) uint8 of sample ``index``."""
