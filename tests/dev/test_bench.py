@@ -34,6 +34,18 @@ def test_bench_crf_smoke():
     assert res["drop"]["agreement"] >= 0.95 and res["merge"]["speedup"] > 0  # 48-px smoke test
 
 
+def test_bench_refine_smoke(tmp_path, capsys):
+    """Both engines, each in its own process, on a 40 x 50 image (10 x 13 grid)."""
+    res = bench.main(["--only", "refine", "--refine_size", "40,50",
+                      "--json", str(tmp_path / "r.json")])
+    r = res["refine"]
+    assert r["identical"] and r["dense"]["speedup"] == 1.0 and r["sparse"]["speedup"] > 0
+    assert r["dense"]["channels"] == 20 and r["dense"]["seconds"] > 0
+    assert r["dense"]["analytic_mb"] == pytest.approx(2 * 130 ** 2 * 4 / 2 ** 20)
+    assert json.loads((tmp_path / "r.json").read_text())["refine"]["identical"]
+    assert "labels identical: True" in capsys.readouterr().out
+
+
 def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
     res = bench.main(["--only", "train,infer", "--voc12_root", str(toy_voc),
                       "--train_config", str(tiny_config), "--train_iters", "1",
