@@ -27,6 +27,7 @@ import torch
 
 from tool.common.errors import UserError, cli_main
 from tool.dev.bench import print_table
+from tool.irn.path_index import PathIndex
 from tool.irn.random_walk import refine_cams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,14 +68,23 @@ def synthetic_case(size: tuple[int, int], n_classes: int = 3, seed: int = 0
     return torch.from_numpy(edge.astype(np.float32))[None], cam_dict
 
 
-def analytic_mb(size: tuple[int, int], channels: int, engine: str) -> float:
-    """MB of the walk's largest live tensors: two (hw)^2 float32 matrices while squaring
-    (dense); the CSR matrix (float32 value + int64 column per entry, about 69 per vertex) and
-    three (C, hw) float32 buffers (sparse)."""
-    n = math.ceil(size[0] / 4) * math.ceil(size[1] / 4)
+def analytic_mb(size: tuple[int, int], channels: int, engine: str, radius: int = 5) -> float:
+    """MB of the walk's largest tensors alive at one time, counted from their shapes.
+
+    Both engines hold the path index of the padded grid (int64). On top of it, ``dense`` holds
+    two (hw)^2 float32 matrices while squaring; ``sparse`` holds the CSR transition matrix (a
+    float32 value and an int64 column per entry: both orientations of every in-image pair,
+    plus the diagonal) and three (C, hw) float32 buffers.
+    """
+    h, w = math.ceil(size[0] / 4), math.ceil(size[1] / 4)
+    n = h * w
+    index = PathIndex(radius, (h + radius, w + 2 * radius))
+    total = sum(a.nbytes for a in [*index.path_indices, index.src_indices, index.dst_indices])
     if engine == "dense":
-        return 2 * n * n * 4 / MB
-    return (69 * n * (4 + 8) + (n + 1) * 8 + 3 * channels * n * 4) / MB
+        return (total + 2 * n * n * 4) / MB
+    pairs = sum(max(0, h - dy) * max(0, w - abs(dx)) for dy, dx in index.search_dst.tolist())
+    nnz = 2 * pairs + n
+    return (total + nnz * (4 + 8) + (n + 1) * 8 + 3 * channels * n * 4) / MB
 
 
 def _rss_kb() -> float:
@@ -111,7 +121,7 @@ def measure(engine: str, size: tuple[int, int], classes: int, beta: float, exp_t
         times.append(time.perf_counter() - t0)
     channels = classes if present_only else 20
     return {"seconds": min(times), "peak_rss_growth_mb": max(0.0, _maxrss_kb() - base) / 1024,
-            "analytic_mb": analytic_mb(size, channels, engine), "channels": channels,
+            "analytic_mb": analytic_mb(size, channels, engine, radius), "channels": channels,
             "threads": torch.get_num_threads()}, label
 
 

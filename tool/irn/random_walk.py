@@ -83,12 +83,9 @@ def affinity_sparse2dense(aff: torch.Tensor, src_indices: IndexLike, dst_indices
     return dense
 
 
-def _stochastic_power_(scaled: torch.Tensor, times: int) -> torch.Tensor:
-    """Column-normalise ``scaled`` in place, then square it ``times`` times."""
-    trans = scaled.div_(scaled.sum(dim=0, keepdim=True))
-    for _ in range(times):
-        trans = trans @ trans
-    return trans
+def _column_normalise_(scaled: torch.Tensor) -> torch.Tensor:
+    """Divide each column of ``scaled`` by its sum, in place."""
+    return scaled.div_(scaled.sum(dim=0, keepdim=True))
 
 
 def to_transition_matrix(affinity_dense: torch.Tensor, beta: float, times: int) -> torch.Tensor:
@@ -96,7 +93,10 @@ def to_transition_matrix(affinity_dense: torch.Tensor, beta: float, times: int) 
 
     affinity_dense: (n, n), not modified. Returns (n, n), column-stochastic.
     """
-    return _stochastic_power_(affinity_dense.pow(beta), times)
+    trans = _column_normalise_(affinity_dense.pow(beta))
+    for _ in range(times):
+        trans = trans @ trans
+    return trans
 
 
 def walk_graph(edge: torch.Tensor, radius: int = 5
@@ -187,9 +187,13 @@ def propagate_to_edge(cams: torch.Tensor, edge: torch.Tensor, beta: float, exp_t
     seeds = (cams * (1 - edge)).reshape(n_ch, h * w)
     src, dst, aff = walk_graph(edge, radius)
     if engine == "dense":
-        dense = affinity_sparse2dense(aff[None, None], src, dst[None], h * w)
-        # in place on our own matrix: two (hw)^2 buffers at the peak instead of three
-        rw = seeds @ _stochastic_power_(dense.pow_(beta), exp_times)
+        # to_transition_matrix inlined, in place on our own matrix and with no other name for
+        # it, so that each squaring frees its operand: two (hw)^2 buffers at the peak, not three
+        trans = _column_normalise_(
+            affinity_sparse2dense(aff[None, None], src, dst[None], h * w).pow_(beta))
+        for _ in range(exp_times):
+            trans = trans @ trans
+        rw = seeds @ trans
     else:
         rw = _sparse_walk(seeds, src, dst, aff, beta, 2 ** exp_times)
     return rw.reshape(n_ch, 1, h, w)
