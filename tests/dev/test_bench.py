@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tool.common.errors import UserError
-from tool.dev import bench, bench_eval, model_memory
+from tool.dev import bench, bench_eval, bench_refine, model_memory
 from tool.dev.bench_crf import bench_crf
 
 
@@ -32,6 +32,21 @@ def test_bench_crf_smoke():
     res = bench_crf(batch=2, size=48, workers=0, repeats=1, layout="train")
     assert res["maps"] == 4 and res["merge"]["agreement"] == 1.0
     assert res["drop"]["agreement"] >= 0.95 and res["merge"]["speedup"] > 0  # 48-px smoke test
+
+
+def test_bench_refine_smoke(tmp_path, capsys):
+    """Both engines, each in its own process, on a 40 x 50 image (10 x 13 grid)."""
+    res = bench.main(["--only", "refine", "--refine_size", "40,50",
+                      "--json", str(tmp_path / "r.json")])
+    r = res["refine"]
+    assert r["identical"] and r["dense"]["speedup"] == 1.0 and r["sparse"]["speedup"] > 0
+    assert r["dense"]["channels"] == 20 and r["dense"]["seconds"] > 0
+    # dense: two (hw)^2 float32 matrices (and the path index both engines hold)
+    assert r["dense"]["analytic_mb"] > 2 * 130 ** 2 * 4 / 2 ** 20 > r["sparse"]["analytic_mb"] / 4
+    assert bench_refine.analytic_mb((375, 500), 20, "dense") > 1000 > 25 * bench_refine.analytic_mb(
+        (375, 500), 20, "sparse")
+    assert json.loads((tmp_path / "r.json").read_text())["refine"]["identical"]
+    assert "labels identical: True" in capsys.readouterr().out
 
 
 def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):

@@ -26,6 +26,7 @@ SECTIONS: dict[str, str] = {  # section name -> module
     "crf": "tool.dev.bench_crf",
     "train": "tool.dev.bench_train",
     "infer": "tool.dev.bench_infer",
+    "refine": "tool.dev.bench_refine",
 }
 
 
