@@ -181,11 +181,13 @@ def test_enumerations_mirror_the_registries():
     from tool.cam.losses import MIX_SEG_KINDS
     from tool.common.runtime import AMP_DTYPES
     from tool.crf import ABSENT_MODES
+    from tool.irn.random_walk import ENGINES
 
     assert set(RULES["backbone"].choices) == set(BACKBONES)
     assert RULES["mix_loss"].choices == MIX_SEG_KINDS
     assert RULES["crf_absent"].choices == ABSENT_MODES
     assert set(RULES["amp_dtype"].choices) == {"auto", *AMP_DTYPES}
+    assert RULES["rw_engine"].choices == ENGINES
 
 
 def _cli(tmp_path, *argv):

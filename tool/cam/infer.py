@@ -39,7 +39,12 @@ from tool.common.dist import local_device, rank_world, shard
 from tool.common.errors import UserError
 from tool.common.fileio import save_npy_dict
 from tool.common.preflight import Problems, check_output_folder
-from tool.common.provenance import differences, file_sha256, read_provenance, write_provenance
+from tool.common.provenance import (
+    file_sha256,
+    recorded_differences,
+    remove_outputs,
+    write_provenance,
+)
 from tool.common.runtime import configure_threads, resolve_device, setup_logging
 from tool.crf import CRFParams, crf_labels
 
@@ -157,17 +162,12 @@ def prepare_outputs(args: Namespace, camT: float, all_names: list[str], names: l
     for kind, folder in output_folders(args).items():
         by_folder.setdefault(folder, []).append(kind)
     overwrite = bool(getattr(args, "overwrite", False))
-    olds, stale = {}, {}
+    stale = {}
     for folder, kinds in by_folder.items():
-        olds[folder] = old = read_provenance(folder)
-        diffs = []
-        for kind in kinds:
-            if old is not None and kind in old:
-                diffs += differences(old[kind], new[kind])
-            elif any((folder / f"{n}{EXTENSIONS[kind]}").exists() for n in names):
-                diffs.append(f"its {kind} files record no settings")
+        exts = {k: EXTENSIONS[k] for k in kinds}
+        diffs = recorded_differences(folder, {k: new[k] for k in kinds}, exts, names)
         if diffs:
-            stale[folder] = list(dict.fromkeys(diffs))  # kinds sharing a folder: once each
+            stale[folder] = diffs
     if stale and not (overwrite or getattr(args, "replace_stale", False)):
         where = ", ".join(f"{f} ({'; '.join(d)})" for f, d in stale.items())
         raise UserError(f"{where} {'holds' if len(stale) == 1 else 'hold'} outputs of another "
@@ -177,31 +177,12 @@ def prepare_outputs(args: Namespace, camT: float, all_names: list[str], names: l
                 "infer_list": str(args.infer_list)}
     for folder, kinds in by_folder.items():
         if overwrite or folder in stale:
-            remove_previous(folder, kinds, all_names, names, owned=olds[folder] is not None)
+            gone = remove_outputs(folder, sorted({EXTENSIONS[k] for k in kinds}), all_names,
+                                  names, rank_world()[0])
+            if gone:
+                log.info("removed %d output(s) of a previous inference run from %s", gone,
+                         folder)
         write_provenance(folder, {k: new[k] for k in kinds}, run_info)
-
-
-def remove_previous(folder: Path, kinds: list[str], all_names: list[str], names: list[str],
-                    owned: bool) -> None:
-    """Delete the previous outputs of ``kinds`` in ``folder``: each process those of its own
-    ``names`` (no race between the processes of a torchrun launch); rank 0 also every other
-    file of those kinds when the folder is known to hold inference outputs (``owned``: it has
-    a provenance record), which a later list could otherwise take for finished."""
-    gone = 0
-    for kind in kinds:
-        for n in names:
-            p = folder / f"{n}{EXTENSIONS[kind]}"
-            if p.is_file():
-                p.unlink()
-                gone += 1
-    if owned and rank_world()[0] == 0:
-        listed, exts = set(all_names), {EXTENSIONS[k] for k in kinds}
-        for p in folder.iterdir():
-            if p.suffix in exts and p.stem not in listed and p.is_file():
-                p.unlink()
-                gone += 1
-    if gone:
-        log.info("removed %d output(s) of a previous inference run from %s", gone, folder)
 
 
 def run(args: Namespace, model: torch.nn.Module, camT: float) -> int:

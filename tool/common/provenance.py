@@ -77,3 +77,47 @@ def _short(v: Any) -> str:
     if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
         return v[:12]  # a SHA-256: its first 12 digits tell two files apart
     return str(v)
+
+
+def recorded_differences(folder: str | os.PathLike, new: dict[str, dict],
+                         extensions: dict[str, str], names: list[str]) -> list[str]:
+    """Why ``folder`` may not take more outputs of ``new`` ({kind: settings}): the recorded
+    settings that differ (``key old -> new``), or ``its <kind> files record no settings``
+    when it holds files of ``names`` (``<name><extension of kind>``) but no record of them.
+    Empty: the folder agrees (or holds nothing of these kinds)."""
+    folder = Path(folder)
+    old = read_provenance(folder)
+    diffs: list[str] = []
+    for kind, settings in new.items():
+        if old is not None and kind in old:
+            diffs += differences(old[kind], settings)
+        elif any((folder / f"{n}{extensions[kind]}").exists() for n in names):
+            diffs.append(f"its {kind} files record no settings")
+    return list(dict.fromkeys(diffs))  # kinds sharing a folder: each difference once
+
+
+def remove_outputs(folder: str | os.PathLike, extensions: list[str], all_names: list[str],
+                   names: list[str], rank: int = 0) -> int:
+    """Delete the previous outputs (``<name><ext>``) in ``folder``; returns how many.
+
+    Each process deletes those of its own ``names`` (no race between the processes of a
+    torchrun launch); rank 0 also every other file of these extensions when the folder is
+    known to hold such outputs (it has a record), which a later list could otherwise take for
+    finished. A folder without a record may hold other files: only the listed ones go.
+    """
+    folder = Path(folder)
+    owned = read_provenance(folder) is not None
+    gone = 0
+    for ext in extensions:
+        for n in names:
+            p = folder / f"{n}{ext}"
+            if p.is_file():
+                p.unlink()
+                gone += 1
+    if owned and rank == 0:
+        listed, exts = set(all_names), set(extensions)
+        for p in folder.iterdir():
+            if p.suffix in exts and p.stem not in listed and p.is_file():
+                p.unlink()
+                gone += 1
+    return gone
