@@ -158,7 +158,7 @@ def test_get_prints_shell_assignments(capsys):
 def test_run_scripts_are_valid_bash():
     import subprocess
 
-    for script in ("run_train.sh", "run_infer.sh", "tool/launcher.sh"):
+    for script in ("run_train.sh", "run_infer.sh", "run_refine.sh", "tool/launcher.sh"):
         assert subprocess.run(["bash", "-n", str(CONFIG_DIR.parent / script)]).returncode == 0
 
 

@@ -230,3 +230,27 @@ def test_architecture_from_state_dict():
     june = {k: v for k, v in state.items() if not k.startswith("resnet18.")}
     assert irn_architecture(june) == ("resnet18", 0.25)
     assert irn_architecture({"fc_edge1.0.weight": torch.zeros(1)}) == ("resnet50", 1.0)
+
+
+def test_run_refine_calls_the_four_steps(tmp_path):
+    """run_refine.sh with a stand-in interpreter that records each step's command line (the
+    config lookup runs for real): IR labels, IRN training, random walk, PNG evaluation."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(entry.__file__).resolve().parent
+    log = tmp_path / "calls.txt"
+    py = tmp_path / "py"
+    py.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -m ]; then exec {sys.executable} "$@"; fi\n'
+                  f'echo "$@" >> {log}\n')
+    py.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PY": str(py), "NPROC": "1"}
+    res = subprocess.run(["bash", str(root / "run_refine.sh"), "--beta", "9"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[0] for c in calls] == ["make_ir_labels.py", "train_irn.py",
+                                             "infer_irn.py", "eval_cam.py"]
+    assert "--cam_dir runs/toy/infer/npy_sgc" in calls[0] and calls[1].endswith("--beta 9")
+    assert "--predict_dir runs/toy/sem_seg_png" in calls[3] and "--type png" in calls[3]
