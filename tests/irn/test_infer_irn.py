@@ -254,3 +254,18 @@ def test_run_refine_calls_the_four_steps(tmp_path):
                                              "infer_irn.py", "eval_cam.py"]
     assert "--cam_dir runs/toy/infer/npy_sgc" in calls[0] and calls[1].endswith("--beta 9")
     assert "--predict_dir runs/toy/sem_seg_png" in calls[3] and "--type png" in calls[3]
+
+
+def test_presets_reach_every_walk_key():
+    """Every inference field of a preset is a key of base.yaml's irn section (so
+    ``--irn_preset`` sets it), with the plmix value there (METHOD.md 13.6.6, 13.10)."""
+    from tool.common.config import BASE_CONFIG, load_config
+    from tool.irn.presets import get_preset
+
+    section = load_config(BASE_CONFIG)["irn"]
+    walk = ("beta", "exp_times", "sem_seg_bg_thres", "infer_radius", "rw_engine",
+            "edge_grid_cams", "soft_output", "label_png", "pad_to_crop")
+    plmix, irn = get_preset("plmix").flat(), get_preset("irn").flat()
+    assert {k: section[k] for k in walk} == {k: plmix[k] for k in walk}
+    assert (plmix["beta"], plmix["exp_times"], plmix["sem_seg_bg_thres"]) == (8.0, 6, 0.35)
+    assert (irn["beta"], irn["exp_times"], irn["sem_seg_bg_thres"]) == (10.0, 8, 0.25)
