@@ -269,3 +269,11 @@ def test_presets_reach_every_walk_key():
     assert {k: section[k] for k in walk} == {k: plmix[k] for k in walk}
     assert (plmix["beta"], plmix["exp_times"], plmix["sem_seg_bg_thres"]) == (8.0, 6, 0.35)
     assert (irn["beta"], irn["exp_times"], irn["sem_seg_bg_thres"]) == (10.0, 8, 0.25)
+
+
+def test_torchrun_rank_takes_its_share(toy, tmp_path, monkeypatch):
+    _, names, *_ = toy
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert infer(toy, tmp_path / "s") == len(names[1::2])
+    assert sorted(pngs(tmp_path / "s_png")) == sorted(names[1::2])
