@@ -122,3 +122,54 @@ def test_fresh_run_over_a_finished_one_is_refused(tiny_config, cam_dir, tmp_path
     with pytest.raises(UserError, match="--resume|--overwrite"):
         train_irn.main(args)
     logging.getLogger("plmix").handlers.clear()
+
+
+def test_init_trunk_from_stage1_checkpoint(trained):
+    """--irn_init_from_cam: the stage-1 backbone's tensors become the frozen IRN trunk."""
+    from net.irn_net import IRNet
+    from tool.irn.train import init_trunk_from_cam
+
+    net = IRNet("resnet18", None, crop_size=64, backbone_width=0.25)
+    n = init_trunk_from_cam(net, str(trained))
+    state = load_checkpoint(trained)["model"]
+    assert n == len(net.trunk.state_dict())
+    for k, v in net.trunk.state_dict().items():
+        assert torch.equal(v, state[f"backbone.{k}"]), k
+    wider = IRNet("resnet18", None, crop_size=64, backbone_width=0.5)
+    with pytest.raises(UserError, match="irn_init_from_cam .* of shape"):
+        init_trunk_from_cam(wider, str(trained))
+
+
+def test_presets_set_the_training_keys():
+    """--irn_preset sets the irn_* training keys too (METHOD.md 13.10)."""
+    from tool.common.config import CONFIG_DIR, load_config
+    from tool.irn.presets import get_preset
+
+    irn = load_config(CONFIG_DIR / "base.yaml")["irn"]
+    flat = get_preset("irn").flat()
+    for key in ("irn_crop_size", "irn_batch_size", "irn_num_epoches", "irn_learning_rate",
+                "irn_lr_mult_disp", "irn_weight_decay", "irn_momentum", "irn_poly_power",
+                "irn_rescale", "irn_train_radius", "irn_backbone", "irn_train_displacement"):
+        assert key in irn and key in flat, key
+        assert flat[key] == irn[key], key  # base.yaml holds the (shared) reference values
+
+
+def test_without_displacement(tiny_config, cam_dir, tmp_path):
+    """irn_train_displacement False (METHOD.md 13.9 Q22): the displacement terms are 0 and the
+    displacement branch keeps its initial weights."""
+    train_irn.main(argv(tiny_config, cam_dir, tmp_path, "--irn_num_epoches", "1",
+                        "--irn_train_displacement", "False"))
+    rows = metrics(tmp_path / "irn" / "metrics.csv")
+    assert float(rows[0]["dp_fg"]) == float(rows[0]["dp_bg"]) == 0.0
+    from tool.common.config import resolve_config
+    from tool.common.runtime import seed_everything
+    from tool.irn.train import build_net
+
+    args = resolve_config(tiny_config, ["run", "data", "irn"],
+                          {"irn_backbone": "resnet18", "irn_backbone_width": 0.25,
+                           "irn_crop_size": 64})
+    seed_everything(args.seed)
+    fresh = build_net(args).state_dict()
+    trained = load_checkpoint(tmp_path / "irn" / "last.ckpt")["model"]
+    assert torch.equal(trained["fc_dp1.0.weight"], fresh["fc_dp1.0.weight"])
+    assert not torch.equal(trained["fc_edge6.weight"], fresh["fc_edge6.weight"])

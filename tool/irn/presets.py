@@ -74,7 +74,8 @@ CONFIG_KEYS = {"conf_fg": "conf_fg_thres", "conf_bg": "conf_bg_thres",
                "lr": "irn_learning_rate", "lr_mult_disp": "irn_lr_mult_disp",
                "weight_decay": "irn_weight_decay", "sgd_momentum": "irn_momentum",
                "poly_power": "irn_poly_power", "rescale": "irn_rescale",
-               "train_radius": "irn_train_radius"}
+               "train_radius": "irn_train_radius",
+               "train_displacement": "irn_train_displacement"}
 CRF_KEYS = {"n_iters": "ir_crf_iters"}  # IRCRFParams field -> config key, else ir_crf_<field>
 
 PRESETS: dict[str, IRNPreset] = {

@@ -143,7 +143,8 @@ class IRNStage(Stage):
                        self.path_index.radius_floor,
                        batch["aff_bg_pos_label"].to(dev, non_blocking=True),
                        batch["aff_fg_pos_label"].to(dev, non_blocking=True),
-                       batch["aff_neg_label"].to(dev, non_blocking=True))
+                       batch["aff_neg_label"].to(dev, non_blocking=True),
+                       with_displacement=self.args.irn_train_displacement)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         self.optimizer.step()
