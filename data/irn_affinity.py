@@ -179,3 +179,29 @@ class IRNAffinityDataset(EpochDataset):
         small = Image.fromarray(label_out).resize((self.label_size, self.label_size),
                                                   Image.Resampling.NEAREST)
         return to_chw(img_out), np.array(small)
+
+
+class TopLeftCropImages(torch.utils.data.Dataset):
+    """The images of the mean-shift estimate (METHOD.md 13.5.5): normalised, then cropped or
+    zero-padded (the mean colour) to ``crop_size`` from the top-left corner; no flip, no
+    rescale. Items: {'name', 'img' (3, crop, crop) float32}."""
+
+    def __init__(self, list: Sequence[str] | PathLike, voc12_root: PathLike,  # spec name
+                 crop_size: int = 512, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        self.names = load_img_name_list(list) if isinstance(list, (str, os.PathLike)) \
+            else [*list]
+        self.voc12_root, self.crop_size = voc12_root, int(crop_size)
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.names[index]
+        arr = T.normalize(load_image(image_path(self.voc12_root, name)), self.mean, self.std)
+        crop = self.crop_size
+        out = np.zeros((crop, crop, 3), np.float32)
+        h, w = min(arr.shape[0], crop), min(arr.shape[1], crop)
+        out[:h, :w] = arr[:h, :w]
+        return {"name": name, "img": to_chw(out)}

@@ -9,8 +9,8 @@ their confusion counts, and rank 0 alone writes logs, metrics and checkpoints.
 from __future__ import annotations
 
 import logging
-import shlex
 from argparse import Namespace
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +35,18 @@ from tool.cam.msf import msf_cams, present_dict
 from tool.cam.step import StepContext, TrainLosses, train_step
 from tool.cam.validate import ValResult, validate
 from tool.cam.vis import heatmap, label_overlay
-from tool.common.checkpoint import allow_unsafe_pickle
-from tool.common.dist import (
-    broadcast_object,
-    cleanup_distributed,
-    init_distributed,
-    is_main,
-    local_device,
-    rank_world,
+from tool.common.dist import is_main, rank_world
+from tool.common.engine import (  # noqa: F401 - resume_command: train_mcl.py's
+    EngineConfig,
+    EpochResult,
+    Stage,
+    resume_command,
+    run_stage,
 )
-from tool.common.engine import Engine, EngineConfig, EpochResult, Stage
+from tool.common.engine import engine_config as common_engine_config
 from tool.common.errors import UserError
-from tool.common.preflight import PreflightError, Problems, check_output_folder, checkpoint_bytes
-from tool.common.runfolder import claim_run_folder
-from tool.common.runtime import (
-    configure_threads,
-    epoch_generators,
-    resolve_device,
-    seed_everything,
-    setup_logging,
-)
+from tool.common.preflight import Problems, check_output_folder, checkpoint_bytes
+from tool.common.runtime import epoch_generators, seed_everything
 from tool.crf import CRFParams, CRFPool
 from tool.eval.evaluation import parse_t_range
 
@@ -181,20 +173,10 @@ def selection_score(val: ValResult, with_gt: bool) -> float:
     return val.best_miou if with_gt else val.cls_map
 
 
-def resume_command(script: str, argv: list[str]) -> str:
-    """The command line that continues a run started by ``script argv``: the same with
-    ``--resume`` instead of ``--overwrite`` (under torchrun: the same launcher)."""
-    argv = [a for a in argv if a not in ("--overwrite", "--resume")]
-    return " ".join(shlex.quote(a) for a in ["python", script, *argv, "--resume"])
-
-
 def engine_config(args: Namespace, device: torch.device, out: Path) -> EngineConfig:
-    return EngineConfig(out=out, max_epochs=args.max_epoches, batch_size=args.batch_size,
-                        num_workers=args.num_workers, seed=args.seed, device=device,
-                        log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                        tblog_dir=args.tblog_dir, config=args.config_dict, resume=args.resume,
-                        resume_command=getattr(args, "resume_command",
-                                               "the same training command with --resume"))
+    return common_engine_config(args, device, out, max_epochs=args.max_epoches,
+                                batch_size=args.batch_size, log_every=args.log_every,
+                                checkpoint_every=args.checkpoint_every)
 
 
 def preflight(args: Namespace, decode: bool = False) -> str:
@@ -233,42 +215,16 @@ def preflight(args: Namespace, decode: bool = False) -> str:
             "checked")
 
 
-def _preflight_on_rank0(args: Namespace) -> str:
-    """Rank 0 checks, every rank raises its problems (so none waits for a peer that stopped)."""
-    result: tuple[bool, Any] | None = None
-    if is_main():
-        try:
-            result = (True, preflight(args, decode=args.preflight_decode))
-        except PreflightError as e:
-            result = (False, e.problems)
-        except UserError as e:
-            result = (False, [str(e)])
-    ok, value = broadcast_object(result)
-    if not ok:
-        raise PreflightError(value)
-    return value
-
-
 def run(args: Namespace) -> dict:
     """Train (in every process of a torchrun launch); returns the final state summary."""
-    configure_threads(args.threads, args.num_workers)
-    if args.allow_pickle:
-        allow_unsafe_pickle()
-    device = local_device(resolve_device(args.device))
-    init_distributed(device)
     out = Path(args.session_name)
-    try:
-        # before anything is written or computed: every input problem at once (METHOD.md 12.7)
-        summary = _preflight_on_rank0(args)
-        setup_logging(out / "train.log" if is_main() else None, quiet=not is_main())
-        # before any compute: one run at a time, and no fresh run over a finished one
-        with claim_run_folder(out, resume=bool(args.resume),
-                              overwrite=getattr(args, "overwrite", False),
-                              markers=RUN_MARKERS, outputs=RUN_OUTPUTS), \
-                CRFPool(args.crf_workers if args.crf and args.plmix else 0) as pool:
-            log.info("%s", summary)  # only now: a refused run leaves its folder untouched
-            stage = CAMStage(args, device, pool)
-            state = Engine(stage, engine_config(args, device, out)).fit()
-            return {"best_score": state.best_score, "camT": stage.camT, "session": str(out)}
-    finally:
-        cleanup_distributed()
+
+    def build(device: torch.device, stack: ExitStack) -> CAMStage:
+        pool = stack.enter_context(CRFPool(args.crf_workers if args.crf and args.plmix else 0))
+        return CAMStage(args, device, pool)
+
+    stage, state = run_stage(
+        args, out, lambda: preflight(args, decode=args.preflight_decode), build,
+        lambda device: engine_config(args, device, out), markers=RUN_MARKERS,
+        outputs=RUN_OUTPUTS)
+    return {"best_score": state.best_score, "camT": stage.camT, "session": str(out)}

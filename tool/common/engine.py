@@ -17,10 +17,12 @@ the rest, identically for every stage:
 from __future__ import annotations
 
 import logging
+import shlex
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -32,19 +34,35 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from tool.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from tool.common.checkpoint import (
+    allow_unsafe_pickle,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from tool.common.dist import (
     all_gather_object,
     all_reduce_sum,
     broadcast_buffers,
     broadcast_object,
+    cleanup_distributed,
+    init_distributed,
     is_main,
+    local_device,
     rank_world,
 )
 from tool.common.errors import TrainingStopped, UserError
 from tool.common.metrics import write_metrics
-from tool.common.preflight import reported_write
-from tool.common.runtime import get_rng_state, seed_everything, set_rng_state
+from tool.common.preflight import PreflightError, reported_write
+from tool.common.runfolder import claim_run_folder
+from tool.common.runtime import (
+    configure_threads,
+    get_rng_state,
+    resolve_device,
+    seed_everything,
+    set_rng_state,
+    setup_logging,
+)
 
 log = logging.getLogger("plmix")
 
@@ -536,3 +554,70 @@ def reconcile_best(best_path: Path, last: dict, allow_pickle: bool = False) -> N
         log.warning("%s %s, but last.ckpt records epoch %d (score %.2f) as the best, and that "
                     "model is not on disk: best.ckpt does not match metrics.csv", best_path, held,
                     want, last["best_score"])
+
+
+# ------------------------------------------------------------------------- a stage's run
+
+
+def resume_command(script: str, argv: list[str]) -> str:
+    """The command line that continues a run started by ``script argv``: the same with
+    ``--resume`` instead of ``--overwrite`` (under torchrun: the same launcher)."""
+    argv = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return " ".join(shlex.quote(a) for a in ["python", script, *argv, "--resume"])
+
+
+def engine_config(args: Any, device: torch.device, out: Path, *, max_epochs: int,
+                  batch_size: int, log_every: int, checkpoint_every: int) -> EngineConfig:
+    """An :class:`EngineConfig` from a resolved config: the stage names its own epoch, batch
+    and logging keys; seed, workers, TensorBoard, resume and the saved config are common."""
+    return EngineConfig(out=out, max_epochs=max_epochs, batch_size=batch_size,
+                        num_workers=args.num_workers, seed=args.seed, device=device,
+                        log_every=log_every, checkpoint_every=checkpoint_every,
+                        tblog_dir=args.tblog_dir, config=args.config_dict, resume=args.resume,
+                        resume_command=getattr(args, "resume_command",
+                                               "the same training command with --resume"))
+
+
+def preflight_on_rank0(check: Callable[[], str]) -> str:
+    """Rank 0 runs ``check`` (all input problems at once, METHOD.md 12.7), every rank raises
+    its problems (so none waits for a peer that stopped); returns its summary."""
+    result: tuple[bool, Any] | None = None
+    if is_main():
+        try:
+            result = (True, check())
+        except PreflightError as e:
+            result = (False, e.problems)
+        except UserError as e:
+            result = (False, [str(e)])
+    ok, value = broadcast_object(result)
+    if not ok:
+        raise PreflightError(value)
+    return value
+
+
+def run_stage(args: Any, out: Path, preflight: Callable[[], str],
+              build_stage: Callable[[torch.device, ExitStack], Stage],
+              config: Callable[[torch.device], EngineConfig], *, markers: Sequence[str],
+              outputs: Sequence[str]) -> tuple[Stage, RunState]:
+    """The skeleton of every training entry point (in every process of a torchrun launch):
+    threads and device, ``preflight`` on rank 0 before anything is written or computed, the
+    log file, the run folder claimed (one run at a time, no fresh run over a finished one:
+    ``markers`` / ``outputs`` as :func:`~tool.common.runfolder.claim_run_folder`), then
+    ``build_stage(device, stack)`` (``stack`` holds resources such as worker pools for the
+    run's length) trained by the :class:`Engine`. Returns the stage and its final state."""
+    configure_threads(args.threads, args.num_workers)
+    if args.allow_pickle:
+        allow_unsafe_pickle()
+    device = local_device(resolve_device(args.device))
+    init_distributed(device)
+    try:
+        summary = preflight_on_rank0(preflight)
+        setup_logging(out / "train.log" if is_main() else None, quiet=not is_main())
+        with claim_run_folder(out, resume=bool(args.resume),
+                              overwrite=getattr(args, "overwrite", False),
+                              markers=markers, outputs=outputs), ExitStack() as stack:
+            log.info("%s", summary)  # only now: a refused run leaves its folder untouched
+            stage = build_stage(device, stack)
+            return stage, Engine(stage, config(device)).fit()
+    finally:
+        cleanup_distributed()

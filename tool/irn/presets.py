@@ -68,7 +68,14 @@ class IRNPreset:
 
 
 # preset field -> config key where the two names differ (IRN's / MuSCLe's flag names)
-CONFIG_KEYS = {"conf_fg": "conf_fg_thres", "conf_bg": "conf_bg_thres"}
+CONFIG_KEYS = {"conf_fg": "conf_fg_thres", "conf_bg": "conf_bg_thres",
+               "backbone": "irn_backbone", "crop_size": "irn_crop_size",
+               "batch_size": "irn_batch_size", "epochs": "irn_num_epoches",
+               "lr": "irn_learning_rate", "lr_mult_disp": "irn_lr_mult_disp",
+               "weight_decay": "irn_weight_decay", "sgd_momentum": "irn_momentum",
+               "poly_power": "irn_poly_power", "rescale": "irn_rescale",
+               "train_radius": "irn_train_radius",
+               "train_displacement": "irn_train_displacement"}
 CRF_KEYS = {"n_iters": "ir_crf_iters"}  # IRCRFParams field -> config key, else ir_crf_<field>
 
 PRESETS: dict[str, IRNPreset] = {
