@@ -31,7 +31,7 @@ IndexLike = np.ndarray | torch.Tensor
 
 
 def _index(idx: IndexLike, device: torch.device) -> torch.Tensor:
-    """int64 tensor on ``device``; a new object, the caller's array is never changed (Q26)."""
+    """int64 tensor on ``device``; it may share the caller's memory, which is only read (Q26)."""
     return torch.as_tensor(idx, dtype=torch.long, device=device)
 
 
