@@ -1,5 +1,5 @@
 """Stage 2, inference: the IRN random walk from CAMs and a class-boundary map to pseudo labels
-(METHOD.md 13.4.5 and 13.6; docs/METHOD_IRN_random_walk.md until it is merged there).
+(METHOD.md 13.4.5 and 13.6).
 
 Grid conventions: the edge map and the CAMs live on the stride-4 grid h x w (h = ceil(H / 4)),
 pixels are vertices indexed row-major (y * w + x), and the walk couples pixel pairs whose offset
