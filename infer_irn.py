@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import sys
 
-from tool.common.config import parse_config_args
 from tool.common.errors import cli_main
-from tool.irn.presets import add_preset_argument
+from tool.irn.presets import parse_stage2_args
 
-SECTIONS = ["run", "data", "irn"]
-
-
-def _extra(p) -> None:
-    add_preset_argument(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete the previous pseudo labels in the output folders first (needed "
-                        "when they come from other settings: IRN weights, beta, exp_times, ...)")
+OVERWRITE_HELP = ("delete the previous pseudo labels in the output folders first (needed when "
+                  "they come from other settings: IRN weights, beta, exp_times, ...)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml", _extra)
+    args = parse_stage2_args(sys.argv[1:] if argv is None else argv, __doc__, OVERWRITE_HELP)
     from tool.irn.infer import run
 
     return run(args)

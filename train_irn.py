@@ -13,27 +13,18 @@ from __future__ import annotations
 
 import sys
 
-from tool.common.config import parse_config_args
 from tool.common.engine import resume_command
 from tool.common.errors import cli_main
-from tool.irn.presets import add_preset_argument
+from tool.irn.presets import parse_stage2_args
 
-SECTIONS = ["run", "data", "irn"]
-
-
-def _extra(p) -> None:
-    add_preset_argument(p)
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
-                   help="continue <irn_session>/last.ckpt, or the checkpoint given")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in an IRN run folder that already holds a run (its "
-                        "last.ckpt, best.ckpt and metrics.csv are deleted first; the IR labels "
-                        "stay)")
+OVERWRITE_HELP = ("start over in an IRN run folder that already holds a run (its last.ckpt, "
+                  "best.ckpt and metrics.csv are deleted first; the IR labels stay)")
+RESUME_HELP = "continue <irn_session>/last.ckpt, or the checkpoint given"
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_config_args(argv, SECTIONS, __doc__.splitlines()[0], "configs/toy.yaml", _extra)
+    args = parse_stage2_args(argv, __doc__, OVERWRITE_HELP, RESUME_HELP)
     from tool.irn import train
 
     args.resume_command = resume_command("train_irn.py", argv)

@@ -240,6 +240,20 @@ def epoch_loader(ds: Dataset, epoch: int, batch_size: int, seed: int, num_worker
 # ------------------------------------------------------------------------- the engine
 
 
+def on_main_rank(write: Callable[[], None]) -> None:
+    """Run ``write`` on rank 0 only; a UserError it raises is raised on every rank (in place of
+    a barrier: the other ranks hear of rank 0's failure instead of waiting for it)."""
+    error = None
+    if is_main():
+        try:
+            write()
+        except UserError as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+
+
 class Engine:
     """Runs a :class:`Stage` for ``cfg.max_epochs`` epochs (see the module docstring)."""
 
@@ -271,27 +285,21 @@ class Engine:
         disk, and metrics.csv never lists an epoch that --resume would not find. A failed write
         (full disk) stops every rank with one line (METHOD.md 12.7) and leaves the files as a
         kill at that point would."""
-        error = None
-        if is_main():
+        def write() -> None:
             out, ckpt = self.cfg.out, self.checkpoint()
             hint = self._write_hint()
-            try:
-                if is_best:
-                    with reported_write(out / "best.ckpt", hint):
-                        save_checkpoint(out / "best.ckpt", ckpt)
-                    log.info("new best score %.2f: saved %s", self.state.best_score,
-                             out / "best.ckpt")
-                with reported_write(out / "last.ckpt", hint):
-                    save_checkpoint(out / "last.ckpt", ckpt)
-                log.info("saved %s (epoch %d)", out / "last.ckpt", self.state.epoch)
-                with reported_write(out / "metrics.csv", hint):
-                    write_metrics(out / "metrics.csv", self.state.history, self.stage.columns)
-            except UserError as e:
-                error = str(e)
-        # in place of a barrier: the other ranks hear of rank 0's failure instead of waiting
-        error = broadcast_object(error)
-        if error is not None:
-            raise UserError(error)
+            if is_best:
+                with reported_write(out / "best.ckpt", hint):
+                    save_checkpoint(out / "best.ckpt", ckpt)
+                log.info("new best score %.2f: saved %s", self.state.best_score,
+                         out / "best.ckpt")
+            with reported_write(out / "last.ckpt", hint):
+                save_checkpoint(out / "last.ckpt", ckpt)
+            log.info("saved %s (epoch %d)", out / "last.ckpt", self.state.epoch)
+            with reported_write(out / "metrics.csv", hint):
+                write_metrics(out / "metrics.csv", self.state.history, self.stage.columns)
+
+        on_main_rank(write)
 
     def _write_hint(self) -> str:
         """How to go on after a failed checkpoint write: an earlier last.ckpt stays intact."""
@@ -301,19 +309,14 @@ class Engine:
 
     def save_position(self, position: dict, ranks: list[dict]) -> None:
         """A mid-epoch last.ckpt: the epoch's position and every rank's state (gathered)."""
-        error = None
-        if is_main():
+        def write() -> None:
             path = self.cfg.out / "last.ckpt"
-            try:
-                with reported_write(path, self._write_hint()):
-                    save_checkpoint(path, self.checkpoint({**position, "ranks": ranks}))
-                log.info("saved %s (epoch %d, %d iterations done)", path,
-                         position["epoch"], position["iteration"])
-            except UserError as e:
-                error = str(e)
-        error = broadcast_object(error)
-        if error is not None:
-            raise UserError(error)
+            with reported_write(path, self._write_hint()):
+                save_checkpoint(path, self.checkpoint({**position, "ranks": ranks}))
+            log.info("saved %s (epoch %d, %d iterations done)", path, position["epoch"],
+                     position["iteration"])
+
+        on_main_rank(write)
 
     def resume(self) -> None:
         cfg, s = self.cfg, self.stage

@@ -101,6 +101,25 @@ def add_preset_argument(parser: argparse.ArgumentParser) -> None:
                              "base.yaml's values, irn = IRN's) that is not given as a flag")
 
 
+IRN_SECTIONS = ["run", "data", "irn"]  # the config sections of the stage-2 entry points
+
+
+def parse_stage2_args(argv: list[str], doc: str, overwrite_help: str,
+                      resume_help: str | None = None) -> argparse.Namespace:
+    """The flags of a stage-2 entry point: its config sections, ``--irn_preset``,
+    ``--overwrite`` and, for a trainer (``resume_help``), ``--resume [CKPT]``."""
+    from tool.common.config import parse_config_args
+
+    def extra(p: argparse.ArgumentParser) -> None:
+        add_preset_argument(p)
+        if resume_help is not None:
+            p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                           help=resume_help)
+        p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+    return parse_config_args(argv, IRN_SECTIONS, doc.splitlines()[0], "configs/toy.yaml", extra)
+
+
 def apply_preset(args: argparse.Namespace, name: str | None, section: str = "irn"
                  ) -> list[str]:
     """Set the preset's values on ``args`` (a resolved config) and in its ``config_dict``, for
