@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,22 +13,13 @@ from PIL import Image
 import infer_irn as entry
 from data.voc import load_img_name_list, load_mask
 from net.irn_net import IRNet
+from tests.irn.cams import soft_cams
 from tool.common.errors import UserError
 from tool.common.fileio import save_npy_dict
 from tool.common.preflight import PreflightError
 from tool.irn.infer import irn_architecture
 
 CROP = 64  # the toy IRN's "training crop": inference pads to it (or to the side, above it)
-
-
-def soft_cams(mask: np.ndarray) -> dict[int, np.ndarray]:
-    """A hand-off dict from a VOC mask: each present class a blurred indicator, peak 0.9."""
-    d = {}
-    for c in np.unique(mask):
-        if 1 <= c <= 20:
-            obj = cv2.GaussianBlur((mask == c).astype(np.float32), (0, 0), 4.0)
-            d[int(c) - 1] = (0.9 * obj / obj.max()).astype(np.float32)
-    return d
 
 
 @pytest.fixture(scope="module")

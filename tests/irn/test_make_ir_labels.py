@@ -11,30 +11,18 @@ import signal
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 import make_ir_labels as entry
 from data.voc import load_image, load_img_name_list, load_mask
+from tests.irn.cams import soft_cams
 from tool.common.errors import UserError
 from tool.common.fileio import TEMP_NAME, atomic_save, save_npy_dict
 from tool.irn import make_labels
 from tool.irn.ir_labels import cam_to_ir_label
 from tool.irn.make_labels import make_ir_labels
-
-
-def soft_cams(mask: np.ndarray) -> dict[int, np.ndarray]:
-    """A hand-off dict from a VOC mask: each present class a blurred indicator, peak 0.9, so
-    that both thresholds cut it at different places."""
-    d = {}
-    for c in np.unique(mask):
-        if 1 <= c <= 20:
-            obj = cv2.GaussianBlur((mask == c).astype(np.float32), (0, 0), 4.0)
-            d[int(c) - 1] = (0.9 * obj / obj.max()).astype(np.float32)
-    return d
-
 
 N = 4  # images: the toy train_aug list's first ones
 
