@@ -3,7 +3,7 @@
 # CAM dicts, IRN training, the random walk over IRN's edge map, then the mIoU of the pseudo-label
 # PNGs against the GT masks. CONFIG is the one switch, as in run_train.sh; runs as it is after
 # run_train.sh and run_infer.sh. The IR labels and IRN training read the CAM dicts of train_list
-# (train_aug on VOC): stage 1 must have written them for that list (METHOD.md 13.0 E6).
+# (train_aug on VOC): stage 1 must have written them for that list (METHOD.md 13.0).
 set -euo pipefail
 cd "$(dirname "$0")"
 

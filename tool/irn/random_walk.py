@@ -107,7 +107,7 @@ def walk_graph(edge: torch.Tensor, radius: int = 5
     The reference pads the edge map with 1.0 (``radius`` columns left and right, ``radius`` rows
     at the bottom) so that every pixel is a path-index source, builds the affinity over the padded
     grid and crops the valid block; keeping only the pairs with both ends in the image gives that
-    block directly, without the padded (hw)^2 matrix (METHOD.md 13.6.3 step 3).
+    block directly, without the padded (hw)^2 matrix (METHOD.md 13.6.3 step 1).
     """
     if edge.dim() != 3 or edge.shape[0] != 1:
         raise ValueError(f"edge: expected (1, h, w), got {tuple(edge.shape)}")
