@@ -39,17 +39,19 @@ def _why(e: Exception) -> str:
 
 class DatasetCheck:
     """The data set of one stage: call :meth:`split` for each list it reads, then
-    :meth:`finish` (which adds the image and mask problems, one line per kind)."""
+    :meth:`finish` (which adds the image and mask problems, one line per kind).
+    ``cls_labels`` None: a stage that never reads the image-level labels (IRN training)."""
 
-    def __init__(self, problems: Problems, voc12_root: PathLike, cls_labels: PathLike,
+    def __init__(self, problems: Problems, voc12_root: PathLike, cls_labels: PathLike | None,
                  decode: bool = False) -> None:
         self.problems, self.root, self.cls_path = problems, Path(voc12_root), str(cls_labels)
         self.decode = decode
         self.labels: dict | None = None
-        try:
-            self.labels = load_cls_labels(cls_labels)
-        except UserError as e:
-            problems.add(str(e))
+        if cls_labels is not None:
+            try:
+                self.labels = load_cls_labels(cls_labels)
+            except UserError as e:
+                problems.add(str(e))
         self.sizes: dict[str, tuple[int, int] | None] = {}  # name -> image size (None: bad)
         self.missing: list[str] = []
         self.unreadable: list[str] = []

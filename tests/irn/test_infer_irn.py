@@ -267,3 +267,17 @@ def test_torchrun_rank_takes_its_share(toy, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert infer(toy, tmp_path / "s") == len(names[1::2])
     assert sorted(pngs(tmp_path / "s_png")) == sorted(names[1::2])
+
+
+def test_classes_absent_from_the_image_label_are_warned(toy, tmp_path, capfd):
+    """METHOD.md 13.9 Q27: the dict keys are used as they are, with a warning."""
+    _, names, cam_dir, *_ = toy
+    n = names[0]
+    keys = sorted(np.load(cam_dir / f"{n}.npy", allow_pickle=True).item())
+    labels = {m: np.zeros(20, np.float32) for m in names}
+    labels[names[1]][sorted(np.load(cam_dir / f"{names[1]}.npy", allow_pickle=True).item())] = 1
+    np.save(tmp_path / "cls_labels.npy", labels)
+    infer(toy, tmp_path / "s", "--cls_labels", str(tmp_path / "cls_labels.npy"),
+          names=names[:2])
+    assert f"1 image(s) have CAM classes that their image-level label lacks (used as they " \
+           f"are), e.g. {n}: classes {keys}" in capfd.readouterr().err

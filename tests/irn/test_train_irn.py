@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import subprocess
 
 import numpy as np
 import pytest
@@ -45,10 +46,14 @@ def metrics(path) -> list[dict]:
 
 
 def test_one_epoch_makes_labels_and_trains(tiny_config, cam_dir, tmp_path):
-    out = train_irn.main(argv(tiny_config, cam_dir, tmp_path, "--irn_num_epoches", "1"))
+    # IRN never reads the image-level labels: a missing cls_labels file is no problem
+    out = train_irn.main(argv(tiny_config, cam_dir, tmp_path, "--irn_num_epoches", "1",
+                              "--cls_labels", str(tmp_path / "none.npy")))
     labels = sorted((tmp_path / "ir_label").glob("*.png"))
     assert len(labels) == 12  # made first, for the whole train_aug list
     run = tmp_path / "irn"
+    log_text = (run / "train.log").read_text()
+    assert "making them first" in log_text and "IR labels: 12 written" in log_text
     assert (run / "last.ckpt").is_file() and (run / "best.ckpt").is_file()
     rows = metrics(run / "metrics.csv")
     assert len(rows) == 1
@@ -173,3 +178,28 @@ def test_without_displacement(tiny_config, cam_dir, tmp_path):
     trained = load_checkpoint(tmp_path / "irn" / "last.ckpt")["model"]
     assert torch.equal(trained["fc_dp1.0.weight"], fresh["fc_dp1.0.weight"])
     assert not torch.equal(trained["fc_edge6.weight"], fresh["fc_edge6.weight"])
+
+
+def test_torchrun_wants_the_labels_first_then_trains(tiny_config, cam_dir, tmp_path):
+    """Under torchrun the labels are not made inside the run (the other ranks would wait at
+    their first collective past its timeout): one line naming make_ir_labels.py, nothing
+    claimed. Once made, 2 Gloo processes train with the displacement branch off (unused
+    parameters under DDP)."""
+    import make_ir_labels
+    from tests.cam.test_ddp import TORCHRUN
+    from tests.cam.test_ddp import run as run_cmd
+
+    cmd = [*TORCHRUN, "train_irn.py", *argv(tiny_config, cam_dir, tmp_path,
+                                             "--irn_num_epoches", "1", "--irn_batch_size",
+                                             "2", "--irn_train_displacement", "False")]
+    refused = run_cmd(*cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = refused.communicate(timeout=300)
+    assert refused.returncode != 0
+    assert "have no IR label" in err and "make_ir_labels.py" in err
+    assert not (tmp_path / "irn").exists()
+    make_ir_labels.main(argv(tiny_config, cam_dir, tmp_path))
+    run_cmd(*cmd)
+    ckpt = load_checkpoint(tmp_path / "irn" / "last.ckpt")
+    assert ckpt["optimizer"]["global_step"] == 3  # 12 images / 2 ranks / batch 2
+    rows = metrics(tmp_path / "irn" / "metrics.csv")
+    assert float(rows[0]["dp_fg"]) == 0.0 and float(rows[0]["neg"]) > 0

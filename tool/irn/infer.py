@@ -158,9 +158,10 @@ def save_gray_png(label: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def infer_one(model: IRNet, name: str, args: Namespace, folders: dict[str, Path],
-              engine: str, device: torch.device) -> None:
-    """Refine one image's CAMs and write its outputs (the PNG last: it marks the image done).
-    A bad CAM dict is a UserError naming its file, before anything of the image is written."""
+              engine: str, device: torch.device) -> list[int]:
+    """Refine one image's CAMs and write its outputs (the PNG last: it marks the image done);
+    returns the CAM dict's keys. A bad CAM dict is a UserError naming its file, before
+    anything of the image is written."""
     pair = image_pair(image_path(args.voc12_root, name), device)
     cam_path = Path(args.cam_dir) / f"{name}.npy"
     size = tuple(pair.shape[2:])
@@ -173,6 +174,7 @@ def infer_one(model: IRNet, name: str, args: Namespace, folders: dict[str, Path]
     if NPY in paths:
         atomic_save(paths[NPY], lambda f: np.save(f, soft))
     (save_label_png if args.label_png == "palette" else save_gray_png)(label, paths[PNG])
+    return sorted(int(k) for k in cams)
 
 
 def run(args: Namespace) -> int:
@@ -214,7 +216,12 @@ def run(args: Namespace) -> int:
                          folder)
         write_provenance(folder, {kind: settings[kind]},
                          {"irn_weights_name": str(weights), "infer_list": str(args.infer_list)})
-    for name in tqdm(todo, desc="random walk", disable=not is_main()):
-        infer_one(model, name, args, folders, engine, device)
+    keys = {name: infer_one(model, name, args, folders, engine, device)
+            for name in tqdm(todo, desc="random walk", disable=not is_main())}
+    if Path(args.cls_labels).is_file():  # Q27: the dict keys are trusted, as in IRN
+        from data.voc import load_cls_labels
+        from tool.irn.make_labels import warn_absent_classes
+
+        warn_absent_classes(keys, load_cls_labels(args.cls_labels))
     return len(todo)
 

@@ -167,10 +167,11 @@ def _results(jobs: list[LabelJob], workers: int, progress: bool):
         bar.close()
 
 
-def _warn_absent_classes(done: dict[str, tuple[int, ...]],
-                         cls_labels: Mapping[str, np.ndarray]) -> None:
+def warn_absent_classes(done: Mapping[str, Sequence[int]],
+                        cls_labels: Mapping[str, np.ndarray]) -> None:
     """METHOD.md 13.9 Q27: the dict keys are trusted; say when they name classes the
-    image-level label lacks (e.g. CAM dicts of another list or data set)."""
+    image-level label lacks (e.g. CAM dicts of another list or data set). ``done``:
+    {name: the 0-based keys of its CAM dict}."""
     extra = {}
     for name, keys in done.items():
         if name in cls_labels:
@@ -240,7 +241,7 @@ def make_ir_labels(names: Sequence[str], voc12_root: str | os.PathLike,
     finally:
         release_lock(lock)
     if cls_labels is not None:
-        _warn_absent_classes(done, cls_labels)
+        warn_absent_classes(done, cls_labels)
     if failed:
         _raise_failures(sorted(failed, key=lambda f: f[0]), len(jobs))
     return len(done)
@@ -258,11 +259,50 @@ def _raise_failures(failed: list[tuple[int, LabelResult]], n_jobs: int) -> None:
     raise UserError(head)
 
 
-def run(args: Any) -> int:
-    """``make_ir_labels.py``: the IR labels of ``args.train_list`` from a resolved config (its
-    ``irn`` section, ``voc12_root``, ``cls_labels``; ``args.irn_preset`` and
-    ``args.overwrite`` if set). Returns how many PNGs were written."""
+def _crf_params(args: Any) -> IRCRFParams:
+    return IRCRFParams(
+        n_iters=args.ir_crf_iters, gt_prob=args.ir_crf_gt_prob, gauss_sxy=args.ir_crf_gauss_sxy,
+        gauss_compat=args.ir_crf_gauss_compat, bi_sxy=args.ir_crf_bi_sxy,
+        bi_srgb=args.ir_crf_bi_srgb, bi_compat=args.ir_crf_bi_compat)
+
+
+def check_inputs(args: Any) -> list[str]:
+    """What :func:`make_from_args` would check before any compute, without computing: raises
+    the inputs' problems in one PreflightError, else returns the names still to do (the
+    training preflight calls it before the run folder is claimed)."""
+    from data.voc import load_img_name_list
+
+    settings = label_settings(Path(args.voc12_root), Path(args.cam_dir), args.conf_fg_thres,
+                              args.conf_bg_thres, args.ir_crf, _crf_params(args))
+    return _preflight(load_img_name_list(args.train_list), Path(args.voc12_root),
+                      Path(args.cam_dir), Path(args.ir_label_out_dir), settings,
+                      bool(getattr(args, "overwrite_labels", False)))
+
+
+def make_from_args(args: Any) -> int:
+    """The IR labels of ``args.train_list`` from a resolved config (its ``irn`` section,
+    ``voc12_root``, ``cls_labels``; ``args.overwrite_labels`` if set), logging through the
+    caller's handlers. Returns how many PNGs were written."""
     from data.voc import load_cls_labels, load_img_name_list
+
+    cls_labels = None
+    if Path(args.cls_labels).is_file():
+        cls_labels = load_cls_labels(args.cls_labels)
+    else:
+        log.info("no %s: the CAM classes are not compared with the image-level labels",
+                 args.cls_labels)
+    n = make_ir_labels(load_img_name_list(args.train_list), args.voc12_root, args.cam_dir,
+                       args.ir_label_out_dir, args.conf_fg_thres, args.conf_bg_thres,
+                       crf=args.ir_crf, crf_params=_crf_params(args),
+                       workers=args.ir_label_workers, cls_labels=cls_labels,
+                       overwrite=bool(getattr(args, "overwrite_labels", False)))
+    log.info("IR labels: %d written to %s", n, args.ir_label_out_dir)
+    return n
+
+
+def run(args: Any) -> int:
+    """``make_ir_labels.py``: :func:`make_from_args` after the preset (``args.irn_preset``)
+    and ``--overwrite`` (``args.overwrite``). Returns how many PNGs were written."""
     from tool.common.runtime import setup_logging
     from tool.irn.presets import apply_preset
 
@@ -271,19 +311,5 @@ def run(args: Any) -> int:
     if apply_preset(args, preset):
         log.info("preset %s: conf_fg_thres %.2f, conf_bg_thres %.2f", preset,
                  args.conf_fg_thres, args.conf_bg_thres)
-    cls_labels = None
-    if Path(args.cls_labels).is_file():
-        cls_labels = load_cls_labels(args.cls_labels)
-    else:
-        log.info("no %s: the CAM classes are not compared with the image-level labels",
-                 args.cls_labels)
-    crf_params = IRCRFParams(
-        n_iters=args.ir_crf_iters, gt_prob=args.ir_crf_gt_prob, gauss_sxy=args.ir_crf_gauss_sxy,
-        gauss_compat=args.ir_crf_gauss_compat, bi_sxy=args.ir_crf_bi_sxy,
-        bi_srgb=args.ir_crf_bi_srgb, bi_compat=args.ir_crf_bi_compat)
-    n = make_ir_labels(load_img_name_list(args.train_list), args.voc12_root, args.cam_dir,
-                       args.ir_label_out_dir, args.conf_fg_thres, args.conf_bg_thres,
-                       crf=args.ir_crf, crf_params=crf_params, workers=args.ir_label_workers,
-                       cls_labels=cls_labels, overwrite=bool(getattr(args, "overwrite", False)))
-    log.info("IR labels: %d written to %s", n, args.ir_label_out_dir)
-    return n
+    args.overwrite_labels = bool(getattr(args, "overwrite", False))
+    return make_from_args(args)

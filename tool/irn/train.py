@@ -2,7 +2,9 @@
 (``tool.common.engine``), then the mean-shift estimate (13.5.5).
 
 - Data: ``IRNAffinityDataset`` over ``train_list`` (train_aug) and the IR labels in
-  ``ir_label_out_dir``; :func:`run` makes the missing labels first (``make_ir_labels``).
+  ``ir_label_out_dir``; :func:`run` makes the missing labels first (``make_ir_labels``),
+  after the run folder is claimed, so that they are logged to ``train.log``; a single
+  process only (under torchrun the preflight asks for ``make_ir_labels.py`` first).
 - Optimiser: ``PolyOptimizer`` over the two parameter groups of ``IRNet.trainable_parameters``,
   the edge group at ``irn_learning_rate`` and the displacement group at ``irn_lr_mult_disp``
   times it (13.5.3, 13.5.6), momentum ``irn_momentum`` (1e-4: quirk Q1 reproduced).
@@ -37,7 +39,7 @@ from tool.common.checkpoint import load_checkpoint
 from tool.common.dist import rank_world, wrap_ddp
 from tool.common.engine import EngineConfig, EpochResult, Stage, engine_config, run_stage
 from tool.common.errors import UserError
-from tool.common.preflight import Problems, check_output_folder
+from tool.common.preflight import PreflightError, Problems, check_output_folder
 from tool.common.runtime import seed_everything
 from tool.irn.losses import irn_loss
 from tool.irn.optim import PolyOptimizer
@@ -185,9 +187,12 @@ def incomplete_labels(args: Namespace) -> int:
 
 
 def preflight(args: Namespace) -> str:
-    """Every check of stage 2's training inputs (METHOD.md 12.7) in one PreflightError, then
-    the IR labels of the images that lack them (``make_ir_labels``: its own checks first);
-    returns a summary for the log."""
+    """Every check of stage 2's training inputs (METHOD.md 12.7) in one PreflightError,
+    those of the missing IR labels' inputs included (``make_ir_labels``' own checks: CAM
+    files, images, the label folder); returns a summary for the log. The image-level labels
+    are not read: IRN learns from the IR labels only."""
+    from tool.irn import make_labels
+
     problems = Problems()
     for flag in ("irn_backbone_weights", "irn_init_from_cam"):
         path = getattr(args, flag)
@@ -198,22 +203,41 @@ def preflight(args: Namespace) -> str:
         log.warning("no --irn_backbone_weights: the frozen IRN trunk stays randomly initialised")
     if isinstance(args.resume, str) and not Path(args.resume).is_file():
         problems.add(f"--resume checkpoint not found: {args.resume}")
-    data = DatasetCheck(problems, args.voc12_root, args.cls_labels)
+    data = DatasetCheck(problems, args.voc12_root, None)
     data.split(args.train_list)
     data.split(args.irn_mean_shift_list)
     data.finish()
     check_output_folder(problems, args.irn_session, "--irn_session",
                         files=(*RUN_OUTPUTS, "train.log"))
+    todo = incomplete_labels(args) if Path(args.train_list).is_file() else 0
+    if todo and rank_world()[1] > 1:
+        # the other processes would wait for rank 0 at their first collective, which times
+        # out (NCCL: 10 minutes) long before a VOC-sized list is labelled
+        problems.add(f"{todo} image(s) of {args.train_list} have no IR label in "
+                     f"{args.ir_label_out_dir}: under torchrun, make them first "
+                     "(python make_ir_labels.py with the same config and flags)")
+    elif todo:
+        try:
+            make_labels.check_inputs(args)
+        except PreflightError as e:
+            problems.lines.extend(e.problems)
     problems.raise_if_any()
+    made = f", {todo} IR label(s) to make first" if todo else ""
+    return (f"preflight: {len(data.sizes)} images, IR labels in {args.ir_label_out_dir} and "
+            f"{args.irn_session} checked{made}")
+
+
+def build_stage(args: Namespace, device: torch.device) -> IRNStage:
+    """The missing IR labels (single process only, the preflight saw to it; logged to
+    ``train.log``), then the stage."""
     todo = incomplete_labels(args)
     if todo:
-        from tool.irn.make_labels import run as make_labels
+        from tool.irn.make_labels import make_from_args
 
         log.info("IR labels: %d image(s) of %s lack one in %s: making them first", todo,
                  args.train_list, args.ir_label_out_dir)
-        make_labels(args)
-    return (f"preflight: {len(data.sizes)} images, IR labels in {args.ir_label_out_dir} and "
-            f"{args.irn_session} checked")
+        make_from_args(args)
+    return IRNStage(args, device)
 
 
 def irn_engine_config(args: Namespace, device: torch.device, out: Path) -> EngineConfig:
@@ -233,7 +257,7 @@ def run(args: Namespace) -> dict:
     apply_preset(args, getattr(args, "irn_preset", None))
     out = Path(args.irn_session)
     stage, state = run_stage(
-        args, out, lambda: preflight(args), lambda device, stack: IRNStage(args, device),
+        args, out, lambda: preflight(args), lambda device, stack: build_stage(args, device),
         lambda device: irn_engine_config(args, device, out), markers=RUN_MARKERS,
         outputs=RUN_OUTPUTS)
     last = state.history[-1] if state.history else {}
