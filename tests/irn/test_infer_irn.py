@@ -224,7 +224,8 @@ def test_architecture_from_state_dict():
 
 def test_run_refine_calls_the_four_steps(tmp_path):
     """run_refine.sh with a stand-in interpreter that records each step's command line (the
-    config lookup runs for real): IR labels, IRN training, random walk, PNG evaluation."""
+    config lookup runs for real): CAMs of train_aug, IR labels, IRN training, random walk,
+    PNG evaluation."""
     import subprocess
     import sys
     from pathlib import Path
@@ -240,10 +241,14 @@ def test_run_refine_calls_the_four_steps(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     calls = log.read_text().splitlines()
-    assert [c.split()[0] for c in calls] == ["make_ir_labels.py", "train_irn.py",
-                                             "infer_irn.py", "eval_cam.py"]
-    assert "--cam_dir runs/toy/infer/npy_sgc" in calls[0] and calls[1].endswith("--beta 9")
-    assert "--predict_dir runs/toy/sem_seg_png" in calls[3] and "--type png" in calls[3]
+    assert [c.split()[0] for c in calls] == ["infer_cam.py", "make_ir_labels.py",
+                                             "train_irn.py", "infer_irn.py", "eval_cam.py"]
+    assert "train_aug.txt" in calls[0] and "--out_npy runs/toy/infer_train/npy_sgc" in calls[0]
+    assert "--beta" not in calls[0]  # a stage-2 flag: infer_cam.py would refuse it
+    for c in calls[1:3]:
+        assert "--cam_dir runs/toy/infer_train/npy_sgc" in c and c.endswith("--beta 9")
+    assert "--cam_dir runs/toy/infer/npy_sgc" in calls[3]
+    assert "--predict_dir runs/toy/sem_seg_png" in calls[4] and "--type png" in calls[4]
 
 
 def test_presets_reach_every_walk_key():
