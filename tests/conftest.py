@@ -44,6 +44,17 @@ plmix:
   crf_workers: 0
 eval:
   infer_scales: [0.75, 1.0]
+irn:
+  ir_crf: false
+  ir_label_workers: 0
+  irn_backbone: resnet18
+  irn_backbone_width: 0.25
+  irn_crop_size: 64
+  irn_train_radius: 5
+  irn_batch_size: 4
+  irn_num_epoches: 1
+  irn_log_every: 100
+  irn_checkpoint_every: 0
 """
 
 

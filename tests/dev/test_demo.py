@@ -17,15 +17,30 @@ def test_demo_writes_summary_and_outputs(tiny_config, toy_voc, tmp_path, capsys)
     assert {"val_miou_trained", "val_miou_untrained", "threshold", "seconds", "npy_dir", "list",
             "gt_dir"} <= set(s)
     assert 0 <= s["val_miou_untrained"] <= 100 and 0 <= s["val_miou_trained"] <= 100
-    for f in ("metrics.csv", "last.ckpt", "eval.json", "curve.png", "untrained/eval.json"):
+    for f in ("metrics.csv", "last.ckpt", "eval.json", "curve.png", "untrained/eval.json",
+              "refine/irn/last.ckpt", "refine/irn/train.log"):
         assert (out / f).exists(), f
     names = (toy_voc / "ImageSets/Segmentation/val.txt").read_text().split()
     for sub in ("npy_sgc", "png", "vis"):  # one output per image, beside the settings record
         files = sorted(p.name for p in (out / sub).iterdir())
         assert files[0] == ".provenance.json" and [f[:-4] for f in files[1:]] == sorted(names)
+    # stage 2: CAMs and IR labels of train_aug, pseudo labels of val
+    train_aug = (toy_voc / "ImageSets/Segmentation/train_aug.txt").read_text().split()
+    for sub, ext in (("refine/cam_train_aug", ".npy"), ("refine/ir_label", ".png")):
+        assert sorted(p.stem for p in (out / sub).glob(f"*{ext}")) == sorted(train_aug), sub
+    assert sorted(p.stem for p in (out / "refine/sem_seg_png").glob("*.png")) == sorted(names)
+    assert 0 <= s["val_miou_pseudo_label"] <= 100
+    assert s["pseudo_label_dir"].endswith("refine/sem_seg_png") and s["epochs"] == 1
     last = capsys.readouterr().out.strip().splitlines()
-    assert "trained network" in last[-1] and f"{s['val_miou_trained']:.2f}%" in last[-1]
-    assert "untrained network" in last[-2]
+    assert "pseudo-label" in last[-1] and f"{s['val_miou_pseudo_label']:.2f}%" in last[-1]
+    assert "trained network" in last[-2] and f"{s['val_miou_trained']:.2f}%" in last[-2]
+    assert "untrained network" in last[-3]
+    # a rerun resumes every step: nothing is trained or written again
+    mtime = (out / "refine/irn/last.ckpt").stat().st_mtime_ns
+    again = demo.main(["--config", str(tiny_config), "--voc12_root", str(toy_voc),
+                       "--out", str(out), "--max_epoches", "1"])
+    assert again["val_miou_pseudo_label"] == s["val_miou_pseudo_label"]
+    assert (out / "refine/irn/last.ckpt").stat().st_mtime_ns == mtime
 
 
 def test_ablation_table(tiny_config, toy_voc, tmp_path):
