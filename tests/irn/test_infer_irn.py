@@ -90,7 +90,7 @@ def test_writes_labels_and_soft_maps(toy, tmp_path):
         assert set(np.unique(label)) <= {0} | {k + 1 for k in keys}
     record = json.loads((tmp_path / "sem_seg_png" / ".provenance.json").read_text())
     s = record["outputs"]["sem_seg_png"]
-    assert (s["beta"], s["exp_times"], s["sem_seg_bg_thres"]) == (8.0, 6, 0.35)
+    assert (s["beta"], s["exp_times"], s["sem_seg_bg_thres"]) == (8.0, 3, 0.35)  # toy.yaml
     assert len(s["irn_weights_sha256"]) == 64 and "rw_engine" not in s
 
 
