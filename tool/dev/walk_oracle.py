@@ -84,7 +84,7 @@ def walk_table(args: argparse.Namespace, steps: list[int], bgs: list[float],
                                            "sparse")
                     for bg in bgs:
                         add(kind, (t, bg), rw_to_labels(rw, size, bg, keys)[0], gt)
-    return {k: {key: miou_from_confusion(c) for key, c in v.items()} for k, v in conf.items()}
+    return {k: {key: miou_from_confusion(c[0]) for key, c in v.items()} for k, v in conf.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
