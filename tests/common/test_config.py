@@ -19,7 +19,7 @@ from tool.common.config import (
 from tool.common.errors import UserError
 
 ALL = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "infer", "quirks",
-       "irn"]
+       "irn", "seg"]
 
 
 def test_leaf_names_unique_across_sections():
