@@ -41,6 +41,7 @@ BASE_CONFIG = CONFIG_DIR / "base.yaml"
 # the sections each stage reads: every leaf of them is a flag of its entry point
 TRAIN_SECTIONS = ["run", "data", "model", "train", "schedule", "loss", "plmix", "eval", "quirks"]
 INFER_SECTIONS = ["run", "data", "model", "plmix", "eval", "infer"]
+SEG_SECTIONS = ["run", "data", "seg"]  # stage 3 (train_seg.py, infer_seg.py)
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
 NONE_WORDS = ("", "none", "null")  # quirk Q7: these mean "not given" for an optional string
@@ -221,6 +222,7 @@ RULES: dict[str, Rule] = {
     "seg_session": TEXT,
     "seg_train_list": TEXT,
     "seg_val_list": TEXT,
+    "seg_infer_list": TEXT,
     "mask_root": TEXT,
     "mask_type": one_of("soft", "png"),
     "seg_crop_size": integer(ge=16),
@@ -616,6 +618,24 @@ def resolve_config(path: str | Path, sections: list[str],
             raise ValueError(f"attrs: {key!r} is a config key or a resolved attribute")
         setattr(args, key, val)
     return args
+
+
+def parse_entry_args(argv: list[str], sections: list[str], doc: str, overwrite_help: str,
+                     resume_help: str | None = None,
+                     more: Callable[[argparse.ArgumentParser], None] | None = None
+                     ) -> argparse.Namespace:
+    """The flags of a stage-2/3 entry point: its config ``sections``, ``--overwrite``, for a
+    trainer (``resume_help``) ``--resume [CKPT]``, and what ``more(parser)`` adds."""
+
+    def extra(p: argparse.ArgumentParser) -> None:
+        if more is not None:
+            more(p)
+        if resume_help is not None:
+            p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                           help=resume_help)
+        p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+    return parse_config_args(argv, sections, doc.splitlines()[0], "configs/toy.yaml", extra)
 
 
 def parse_overrides(argv: list[str], sections: list[str], config: str | Path,

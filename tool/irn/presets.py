@@ -108,16 +108,10 @@ def parse_stage2_args(argv: list[str], doc: str, overwrite_help: str,
                       resume_help: str | None = None) -> argparse.Namespace:
     """The flags of a stage-2 entry point: its config sections, ``--irn_preset``,
     ``--overwrite`` and, for a trainer (``resume_help``), ``--resume [CKPT]``."""
-    from tool.common.config import parse_config_args
+    from tool.common.config import parse_entry_args
 
-    def extra(p: argparse.ArgumentParser) -> None:
-        add_preset_argument(p)
-        if resume_help is not None:
-            p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
-                           help=resume_help)
-        p.add_argument("--overwrite", action="store_true", help=overwrite_help)
-
-    return parse_config_args(argv, IRN_SECTIONS, doc.splitlines()[0], "configs/toy.yaml", extra)
+    return parse_entry_args(argv, IRN_SECTIONS, doc, overwrite_help, resume_help,
+                            add_preset_argument)
 
 
 def apply_preset(args: argparse.Namespace, name: str | None, section: str = "irn"

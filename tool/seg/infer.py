@@ -1,7 +1,38 @@
-"""Stage-3 inference over an image list (METHOD.md 14.6); numerics live in tool.seg.msf."""
+"""Stage-3 inference over an image list (METHOD.md 14.6): ``run`` (``infer_seg.py``); the
+numerics (multi-scale + flip fusion, the CRF) live in :mod:`tool.seg.msf`.
+
+Per image: 6 scales x flip through the network, the mean of the 12 softmax maps, the released
+dense CRF (``seg_crf``), the argmax, written atomically as ``<out_seg>/<name>.png`` (VOC palette,
+or MuSCLe's grey file with ``seg_label_png: gray``) and, with ``test_submission DIR``, as
+``DIR/results/VOC2012/Segmentation/comp6_test_cls/<name>.png`` (palettised, the VOC test
+server's layout). "The PNG exists" means "finished": a rerun skips those images; each output
+folder records the settings of its files (a rerun with others is refused unless
+``--overwrite``). Under torchrun each process takes every N-th image.
+"""
+from __future__ import annotations
+
+import logging
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from data.voc import image_path, load_img_name_list, save_label_png
+from tool.common.dist import is_main, local_device, rank_world, shard
+from tool.common.preflight import Problems, check_output_folder
+from tool.common.provenance import (
+    file_sha256,
+    recorded_differences,
+    remove_outputs,
+    write_provenance,
+)
+from tool.common.runtime import configure_threads, resolve_device, setup_logging
 from tool.seg.msf import (
     CRF_PARAMS,
     crf_refine,
+    load_rgb,
     msf_fuse,
     msf_predict,
     predict_label,
@@ -9,4 +40,118 @@ from tool.seg.msf import (
 )
 
 __all__ = ["CRF_PARAMS", "crf_refine", "msf_fuse", "msf_predict", "predict_label",
-           "scaled_inputs"]
+           "scaled_inputs", "run"]
+
+log = logging.getLogger("plmix")
+
+PRED, SUBMIT = "seg_png", "test_submission"  # the output kinds .provenance.json records
+SUBMISSION_DIR = Path("results/VOC2012/Segmentation/comp6_test_cls")
+
+
+def output_folders(args: Namespace) -> dict[str, Path]:
+    """{kind: folder}: the prediction PNGs, and the test-server layout when asked for."""
+    folders = {PRED: Path(args.out_seg)}
+    if args.test_submission:
+        folders[SUBMIT] = Path(args.test_submission) / SUBMISSION_DIR
+    return folders
+
+
+def output_settings(args: Namespace, weights_sha256: str) -> dict[str, dict[str, Any]]:
+    """Per output kind, what its files depend on (the device does not count)."""
+    base = {"seg_weights_sha256": weights_sha256, "seg_arch": args.seg_arch,
+            "seg_scales": [float(s) for s in args.seg_scales], "seg_flip": bool(args.seg_flip),
+            "seg_crf": bool(args.seg_crf), "voc12_root": str(Path(args.voc12_root).resolve())}
+    return {PRED: {**base, "seg_label_png": args.seg_label_png}, SUBMIT: base}
+
+
+def preflight(args: Namespace, names: list[str], folders: dict[str, Path],
+              settings: dict[str, dict] | None) -> list[str]:
+    """Every problem at once, before any compute; returns the names still to do."""
+    problems = Problems()
+    if not Path(args.seg_weights).is_file():
+        problems.add(f"--seg_weights file not found: {args.seg_weights} (train it with "
+                     "train_seg.py, or give MuSCLe's released _7.pth)")
+    overwrite = bool(getattr(args, "overwrite", False))
+    for kind, folder in folders.items():
+        check_output_folder(problems, folder, "--out_seg" if kind == PRED else
+                            "--test_submission")
+        if settings is not None and not overwrite and folder.is_dir():
+            diffs = recorded_differences(folder, {kind: settings[kind]}, {kind: ".png"}, names)
+            if diffs:
+                problems.add(f"{folder} holds predictions of other settings "
+                             f"({'; '.join(diffs)}): add --overwrite to delete them first, or "
+                             "choose another folder")
+    problems.add_group(f"images missing from {Path(args.voc12_root) / 'JPEGImages'}",
+                       [f"{n}.jpg" for n in names if not image_path(args.voc12_root, n)
+                        .is_file()])
+    problems.raise_if_any()
+    if overwrite:
+        return list(names)
+    return [n for n in names if not all((f / f"{n}.png").is_file() for f in folders.values())]
+
+
+def load_model(args: Namespace, device: torch.device) -> torch.nn.Module:
+    """The SegNet of ``seg_arch`` with ``seg_weights`` loaded strictly (another arch's file is
+    one line naming it)."""
+    from net.seg_net import SegNet, load_seg_checkpoint
+
+    model = SegNet(args.seg_arch, num_classes=21, backbone_weights=None,
+                   output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss))
+    load_seg_checkpoint(model, args.seg_weights, allow_pickle=bool(args.allow_pickle))
+    return model.eval().to(device)
+
+
+def predict_one(model: torch.nn.Module, name: str, args: Namespace, device: torch.device
+                ) -> Any:
+    """The label map (np uint8 (H, W)) of one image (METHOD.md 14.6 steps 2-7)."""
+    img = load_rgb(image_path(args.voc12_root, name))
+    probs = msf_predict(model, img, scales=tuple(args.seg_scales), flip=bool(args.seg_flip),
+                        device=device)
+    if args.seg_crf:
+        probs = crf_refine(img, probs)  # the released CRF: its defaults are MuSCLe's values
+    return predict_label(probs)
+
+
+def save_outputs(label: Any, name: str, args: Namespace, folders: dict[str, Path]) -> None:
+    from tool.irn.infer import save_gray_png
+
+    if SUBMIT in folders:  # the test server reads indexed PNGs with the VOC palette
+        save_label_png(label, folders[SUBMIT] / f"{name}.png")
+    save = save_label_png if args.seg_label_png == "palette" else save_gray_png
+    save(label, folders[PRED] / f"{name}.png")  # last: it marks the image done
+
+
+def run(args: Namespace) -> int:
+    """``infer_seg.py``: predictions for every image of ``seg_infer_list`` (this process's
+    share under torchrun) not done yet; returns how many were written."""
+    setup_logging(quiet=not is_main())
+    configure_threads(args.threads, 0)
+    device = local_device(resolve_device(args.device))
+    all_names = load_img_name_list(args.seg_infer_list)
+    names = shard(all_names)
+    folders = output_folders(args)
+    weights = Path(args.seg_weights)
+    settings = output_settings(args, file_sha256(weights)) if weights.is_file() else None
+    todo = preflight(args, names, folders, settings)
+    rank, world = rank_world()
+    log.info("segmentation%s: %d images of %s, %d already done, %d scales%s, CRF %s -> %s",
+             f" (rank {rank} of {world})" if world > 1 else "", len(names),
+             args.seg_infer_list, len(names) - len(todo), len(args.seg_scales),
+             " x flip" if args.seg_flip else "", "on" if args.seg_crf else "off",
+             ", ".join(map(str, folders.values())))
+    if not todo:
+        return 0
+    model = load_model(args, device)  # a file of another arch: one line, before any output
+    overwrite = bool(getattr(args, "overwrite", False))
+    for kind, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            gone = remove_outputs(folder, [".png"], all_names, names, rank)
+            if gone:
+                log.info("--overwrite: removed %d output(s) of a previous run from %s", gone,
+                         folder)
+        write_provenance(folder, {kind: settings[kind]},
+                         {"seg_weights": str(weights), "infer_list": str(args.seg_infer_list)})
+    for name in tqdm(todo, desc="segmentation", disable=not is_main()):
+        save_outputs(predict_one(model, name, args, device), name, args, folders)
+    return len(todo)
