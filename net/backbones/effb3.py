@@ -58,16 +58,20 @@ class EfficientNetTrunk(nn.Module):
     keys). Static "same" padding is computed once for ``image_size``. BN: the package's momentum
     and eps; trainable unless ``trainable_bn=False`` (running statistics). Stochastic depth:
     block idx drops its residual branch with rate drop_connect_rate * idx / n_blocks, in train
-    mode only (the package's rule).
+    mode only (the package's rule). ``keep_head``: also keep the package's head
+    (``_conv_head``, ``_bn1``, ``_fc``), built but never run, for checkpoints that carry it.
     """
 
     def __init__(self, blocks_args: list, params, image_size: int,
-                 tap_blocks: tuple[int, ...], trainable_bn: bool = True) -> None:
+                 tap_blocks: tuple[int, ...], trainable_bn: bool = True,
+                 keep_head: bool = False) -> None:
         super().__init__()
         net = EfficientNet(blocks_args, params)
         set_static_padding(net, image_size)
         self._conv_stem, self._bn0, self._blocks, self._swish = (
             net._conv_stem, net._bn0, net._blocks, net._swish)
+        if keep_head:
+            self._conv_head, self._bn1, self._fc = net._conv_head, net._bn1, net._fc
         if not trainable_bn:
             fix_batchnorm(self)
         self.tap_blocks = tuple(tap_blocks)
