@@ -206,8 +206,9 @@ class SegStage(Stage):
 def preflight(args: Namespace) -> str:
     """Every check of stage 3's inputs (METHOD.md 12.7) in one PreflightError; returns a
     summary for the log."""
-    from data.preflight import DatasetCheck
     from data.seg_dataset import check_pseudo_labels
+
+    from data.preflight import DatasetCheck
     from net.weights import no_weights
     from tool.common.preflight import Problems, check_output_folder
 
