@@ -55,6 +55,18 @@ irn:
   irn_num_epoches: 1
   irn_log_every: 100
   irn_checkpoint_every: 0
+seg:
+  seg_arch: toy
+  seg_val_list: "{{voc12_root}}/ImageSets/Segmentation/train.txt"
+  mask_type: png
+  seg_crop_size: 64
+  seg_batch_size: 4
+  seg_num_epoches: 1
+  seg_lr: 1.0e-3
+  beacon_k: 8
+  seg_log_every: 100
+  seg_checkpoint_every: 0
+  seg_scales: [1.0]
 """
 
 

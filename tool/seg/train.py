@@ -206,9 +206,8 @@ class SegStage(Stage):
 def preflight(args: Namespace) -> str:
     """Every check of stage 3's inputs (METHOD.md 12.7) in one PreflightError; returns a
     summary for the log."""
-    from data.seg_dataset import check_pseudo_labels
-
     from data.preflight import DatasetCheck
+    from data.seg_dataset import check_seg_labels
     from net.weights import no_weights
     from tool.common.preflight import Problems, check_output_folder
 
@@ -223,7 +222,8 @@ def preflight(args: Namespace) -> str:
     data.split(args.seg_val_list, gt_dir=args.gt)
     data.finish()
     if names:
-        for line in check_pseudo_labels(names, args.voc12_root, args.mask_root, args.mask_type):
+        for line in check_seg_labels(names, args.voc12_root, args.mask_root, args.mask_type,
+                                     image_sizes=data.sizes):
             problems.add(line)
     check_output_folder(problems, args.seg_session, "--seg_session",
                         files=(*RUN_OUTPUTS, "train.log"))

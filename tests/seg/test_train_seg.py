@@ -1,0 +1,111 @@
+"""Stage 3 training (METHOD.md 14.3-14.5): ``train_seg.py`` on the toy VOC set with pseudo
+labels made from its masks (PNG and soft npy), exact resume, bad input before compute."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_seg
+from data.voc import load_img_name_list, load_mask, save_label_png
+from tool.common.checkpoint import load_checkpoint
+from tool.common.errors import UserError
+from tool.seg.train import LOSS_COLUMNS
+
+
+def pseudo_labels(toy_voc, out, kind: str = "png") -> None:
+    """The toy masks of train_aug as stage-2 outputs: palettised PNGs, or soft float16 npy
+    (0.35 background channel, 0.9 on the mask's class, as infer_irn's soft output)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for n in load_img_name_list(toy_voc / "ImageSets/Segmentation/train_aug.txt"):
+        mask = load_mask(toy_voc / "SegmentationClass" / f"{n}.png")
+        if kind == "png":
+            save_label_png(mask, out / f"{n}.png")
+            continue
+        soft = np.zeros((*mask.shape, 21), np.float16)
+        soft[..., 0] = 0.35
+        for c in np.unique(mask):
+            if 1 <= c <= 20:
+                soft[..., c][mask == c] = 0.9
+        np.save(out / f"{n}.npy", soft)
+
+
+@pytest.fixture(scope="module")
+def labels(toy_voc, tmp_path_factory):
+    base = tmp_path_factory.mktemp("seg_labels")
+    pseudo_labels(toy_voc, base / "png", "png")
+    pseudo_labels(toy_voc, base / "soft", "soft")
+    return base
+
+
+def argv(tiny_config, labels, tmp_path, kind="png", *more: str) -> list[str]:
+    return ["--config", str(tiny_config), "--mask_root", str(labels / kind), "--mask_type",
+            kind, "--seg_session", str(tmp_path / "seg"), *more]
+
+
+def metrics(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("kind", ["png", "soft"])
+def test_one_epoch_trains_and_validates(tiny_config, labels, tmp_path, kind):
+    out = train_seg.main(argv(tiny_config, labels, tmp_path, kind))
+    run = tmp_path / "seg"
+    rows = metrics(run / "metrics.csv")
+    assert len(rows) == 1 and out["epochs"] == 1
+    for k in (*LOSS_COLUMNS, "val_miou"):
+        assert np.isfinite(float(rows[0][k])), k
+    assert float(rows[0]["loss_ce"]) > 0 and 0 <= float(rows[0]["val_miou"]) <= 100
+    ckpt = load_checkpoint(run / "last.ckpt")
+    assert "fuse_dec.weight" in ckpt["model"]  # the network's own keys (no DDP/forward wrapper)
+    assert "val mIoU" in (run / "train.log").read_text()
+
+
+def test_resume_equals_straight(tiny_config, labels, tmp_path):
+    from tests.irn.test_train_irn import stop_after_epoch_0
+
+    straight, split = tmp_path / "a", tmp_path / "b"
+    train_seg.main(argv(tiny_config, labels, straight, "soft", "--seg_num_epoches", "2",
+                        "--lamb", "1.0"))
+    first = argv(tiny_config, labels, split, "soft", "--seg_num_epoches", "2", "--lamb", "1.0")
+    stop_after_epoch_0(train_seg, first)
+    train_seg.main([*first, "--resume"])
+    a, b = (load_checkpoint(p / "seg" / "last.ckpt") for p in (straight, split))
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    rows_a, rows_b = (metrics(p / "seg" / "metrics.csv") for p in (straight, split))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows_a] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows_b]
+
+
+def test_missing_pseudo_labels_before_compute(tiny_config, labels, tmp_path):
+    with pytest.raises(UserError, match="not found") as e:
+        train_seg.main(argv(tiny_config, labels, tmp_path, "png", "--mask_root",
+                            str(tmp_path / "nowhere")))
+    assert "nowhere" in str(e.value)
+    assert not (tmp_path / "seg").exists()
+
+
+@pytest.mark.parametrize("bad", ["channels", "value"])
+def test_bad_pseudo_labels_before_compute(tiny_config, labels, tmp_path, toy_voc, bad):
+    import shutil
+
+    kind = "soft" if bad == "channels" else "png"
+    own = tmp_path / kind
+    shutil.copytree(labels / kind, own)
+    name = load_img_name_list(toy_voc / "ImageSets/Segmentation/train_aug.txt")[3]
+    if bad == "channels":
+        np.save(own / f"{name}.npy", np.zeros((5, 5, 20), np.float16))
+    else:
+        arr = np.array(Image.open(own / f"{name}.png"))
+        arr[0, 0] = 21
+        save_label_png(arr, own / f"{name}.png")
+    with pytest.raises(UserError) as e:
+        train_seg.main(["--config", str(tiny_config), "--mask_root", str(own), "--mask_type",
+                        kind, "--seg_session", str(tmp_path / "seg")])
+    assert name in str(e.value)
+    assert not (tmp_path / "seg").exists()
