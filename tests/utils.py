@@ -74,3 +74,27 @@ def wait_until(cond, timeout: float, what: str) -> None:
         if time.monotonic() > end:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+def stop_after_epoch_0(main, args: list[str]) -> None:
+    """Run the entry point ``main(args)`` but stop the engine after epoch 0, as a kill right
+    after that epoch's checkpoint would."""
+    import pytest
+
+    from tool.common import engine
+
+    real = engine.Engine.train_epoch
+
+    class Stop(Exception):
+        pass
+
+    def once(self, ep):
+        real(self, ep)
+        raise Stop
+
+    engine.Engine.train_epoch = once
+    try:
+        with pytest.raises(Stop):
+            main(args)
+    finally:
+        engine.Engine.train_epoch = real

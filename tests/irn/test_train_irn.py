@@ -13,6 +13,7 @@ import torch
 import train_irn
 from data.voc import load_img_name_list, load_mask
 from tests.irn.test_make_ir_labels import soft_cams
+from tests.utils import stop_after_epoch_0
 from tool.common.checkpoint import load_checkpoint
 from tool.common.errors import UserError
 from tool.common.fileio import save_npy_dict
@@ -77,9 +78,7 @@ def test_resume_equals_straight(tiny_config, cam_dir, tmp_path):
     # the same labels folder contents (made again, deterministic), the run in two parts: the
     # first part trains epoch 0 of a 2-epoch schedule and is stopped by its epoch limit
     first = argv(tiny_config, cam_dir, split, "--irn_num_epoches", "2")
-    import tool.irn.train as irn_train
-
-    stop_after_epoch_0(irn_train, first)
+    stop_after_epoch_0(train_irn.main, first)
     train_irn.main([*first, "--resume"])
     a, b = (load_checkpoint(p / "irn" / "last.ckpt") for p in (straight, split))
     assert a["epoch"] == b["epoch"] == 1
@@ -90,27 +89,6 @@ def test_resume_equals_straight(tiny_config, cam_dir, tmp_path):
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == \
         [{k: v for k, v in r.items() if k not in drop} for r in rows_b]
     assert torch.count_nonzero(b["model"]["mean_shift.running_mean"]) == 2
-
-
-def stop_after_epoch_0(irn_train, args: list[str]) -> None:
-    """Run ``args`` but stop the engine after epoch 0 (as a kill right after its checkpoint)."""
-    from tool.common import engine
-
-    real = engine.Engine.train_epoch
-
-    class Stop(Exception):
-        pass
-
-    def once(self, ep):
-        real(self, ep)
-        raise Stop
-
-    engine.Engine.train_epoch = once
-    try:
-        with pytest.raises(Stop):
-            train_irn.main(args)
-    finally:
-        engine.Engine.train_epoch = real
 
 
 def test_missing_cam_dir_is_one_line_before_compute(tiny_config, tmp_path, caplog):

@@ -66,13 +66,13 @@ def test_one_epoch_trains_and_validates(tiny_config, labels, tmp_path, kind):
 
 
 def test_resume_equals_straight(tiny_config, labels, tmp_path):
-    from tests.irn.test_train_irn import stop_after_epoch_0
+    from tests.utils import stop_after_epoch_0
 
     straight, split = tmp_path / "a", tmp_path / "b"
     train_seg.main(argv(tiny_config, labels, straight, "soft", "--seg_num_epoches", "2",
                         "--lamb", "1.0"))
     first = argv(tiny_config, labels, split, "soft", "--seg_num_epoches", "2", "--lamb", "1.0")
-    stop_after_epoch_0(train_seg, first)
+    stop_after_epoch_0(train_seg.main, first)
     train_seg.main([*first, "--resume"])
     a, b = (load_checkpoint(p / "seg" / "last.ckpt") for p in (straight, split))
     for k, v in a["model"].items():
