@@ -57,7 +57,7 @@ B7_TAP_BLOCKS = (17, 27, 37, 50, 54)  # p3..p7: the last blocks of package stage
 B7_HINT = ("the efficientnet-pytorch package's published EfficientNet-B7 AdvProp release "
            "weights adv-efficientnet-b7-4652b6dd.pth (not efficientnet-b7-dcc49843.pth)")
 
-TOY_WIDTH = 0.25  # the toy trunk: ResNet-18 at a quarter width (0.7 M parameters)
+TOY_WIDTH = 0.5  # the toy trunk: ResNet-18 at half width, as the stage-1 toy network (its init)
 
 # DeepLabV3 (METHOD.md 14.7.1): output stride -> dilated ResNet stages and ASPP rates.
 DEEPLAB_DILATION = {8: [False, True, True], 16: [False, False, True]}

@@ -134,3 +134,28 @@ def load_model_state(module: nn.Module, state: object, path: str | Path, what: s
         raise UserError(f"{path} holds {what} checkpoint, not this config's network "
                         f"({'; '.join(problems)})")
     module.load_state_dict(state)
+
+
+def init_from_stage1(trunk: nn.Module, path: str, flag: str, what: str,
+                     allow_pickle: bool = False) -> int:
+    """Copy the ``backbone.*`` tensors of a stage-1 checkpoint (``{'model': ...}`` or a plain
+    state dict) into ``trunk`` (a later stage's ResNet, e.g. IRN's frozen trunk or the toy
+    segmentation trunk); every trunk tensor must be there with its shape, else one UserError
+    naming ``flag`` and ``what`` the trunk is. Strides may differ (they change no weight).
+    Returns the number of tensors copied."""
+    ckpt = load_checkpoint(path, allow_pickle=allow_pickle)
+    state = ckpt.get("model", ckpt)
+    own = trunk.state_dict()
+    missing = [k for k in own if f"backbone.{k}" not in state]
+    wrong = [k for k in own if f"backbone.{k}" in state
+             and tuple(state[f"backbone.{k}"].shape) != tuple(own[k].shape)]
+    if missing or wrong:
+        it = (f"lacks backbone.{missing[0]}" if missing else
+              f"has backbone.{wrong[0]} of shape {tuple(state[f'backbone.{wrong[0]}'].shape)}, "
+              f"the trunk {tuple(own[wrong[0]].shape)}")
+        n = sum(p.numel() for p in trunk.parameters())
+        raise UserError(f"{flag} {path}: not a stage-1 checkpoint of this trunk ({what}, {n} "
+                        f"parameters): it {it}")
+    trunk.load_state_dict({k: state[f"backbone.{k}"] for k in own})
+    log.info("%s initialised from %s (%d tensors)", what, path, len(own))
+    return len(own)

@@ -35,7 +35,7 @@ from data.preflight import DatasetCheck
 from data.voc import load_img_name_list
 from net.irn_net import IRNet
 from net.weights import no_weights
-from tool.common.checkpoint import load_checkpoint
+from tool.common.checkpoint import init_from_stage1
 from tool.common.dist import rank_world, wrap_ddp
 from tool.common.engine import EngineConfig, EpochResult, Stage, engine_config, run_stage
 from tool.common.errors import UserError
@@ -76,28 +76,9 @@ def build_net(args: Namespace) -> IRNet:
 
 
 def init_trunk_from_cam(net: IRNet, path: str, allow_pickle: bool = False) -> int:
-    """Copy the ``backbone.*`` tensors of a stage-1 checkpoint (``{'model': ...}`` or a plain
-    state dict) into the IRN trunk; every trunk tensor must be there with its shape (one
-    UserError otherwise). The strides may differ (they change no weight). Returns the count."""
-    ckpt = load_checkpoint(path, allow_pickle=allow_pickle)
-    state = ckpt.get("model", ckpt)
-    own = net.trunk.state_dict()
-    missing = [k for k in own if f"backbone.{k}" not in state]
-    wrong = [k for k in own if f"backbone.{k}" in state
-             and tuple(state[f"backbone.{k}"].shape) != tuple(own[k].shape)]
-    if missing or wrong:
-        what = (f"lacks backbone.{missing[0]}" if missing else
-                f"has backbone.{wrong[0]} of shape {tuple(state[f'backbone.{wrong[0]}'].shape)}, "
-                f"the IRN trunk {tuple(own[wrong[0]].shape)}")
-        raise UserError(f"--irn_init_from_cam {path}: not a stage-1 checkpoint of this IRN "
-                        f"trunk ({args_hint(net)}): it {what}")
-    net.trunk.load_state_dict({k: state[f"backbone.{k}"] for k in own})
-    log.info("IRN trunk initialised from %s (%d tensors)", path, len(own))
-    return len(own)
-
-
-def args_hint(net: IRNet) -> str:
-    return f"{net.trunk_name}, {sum(p.numel() for p in net.trunk.parameters())} parameters"
+    """``--irn_init_from_cam``: the IRN trunk from a stage-1 checkpoint's backbone."""
+    return init_from_stage1(net.trunk, path, "--irn_init_from_cam",
+                            f"the IRN trunk ({net.trunk_name})", allow_pickle)
 
 
 class IRNStage(Stage):

@@ -58,9 +58,17 @@ class TrainForward(nn.Module):
 
 
 def build_seg_net(args: Namespace) -> SegNet:
-    """SegNet of ``seg_arch`` with its ImageNet weights (``seg_backbone_weights``)."""
-    return SegNet(args.seg_arch, num_classes=21, backbone_weights=args.seg_backbone_weights,
-                  output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss))
+    """SegNet of ``seg_arch`` with its ImageNet weights (``seg_backbone_weights``) or, for the
+    toy, its trunk from the stage-1 network (``seg_init_from_cam``: the toy has no ImageNet)."""
+    from net.weights import no_weights
+    from tool.common.checkpoint import init_from_stage1
+
+    net = SegNet(args.seg_arch, num_classes=21, backbone_weights=args.seg_backbone_weights,
+                 output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss))
+    if not no_weights(args.seg_init_from_cam):
+        init_from_stage1(net.backbone, args.seg_init_from_cam, "--seg_init_from_cam",
+                         f"the {args.seg_arch} trunk", bool(args.allow_pickle))
+    return net
 
 
 def build_optimizer(args: Namespace, net: SegNet, steps: int
@@ -212,9 +220,10 @@ def preflight(args: Namespace) -> str:
     from tool.common.preflight import Problems, check_output_folder
 
     problems = Problems()
-    w = args.seg_backbone_weights
-    if not no_weights(w) and not Path(w).is_file():
-        problems.add(f"--seg_backbone_weights file not found: {w}")
+    for flag in ("seg_backbone_weights", "seg_init_from_cam"):
+        w = getattr(args, flag)
+        if not no_weights(w) and not Path(w).is_file():
+            problems.add(f"--{flag} file not found: {w}")
     if isinstance(args.resume, str) and not Path(args.resume).is_file():
         problems.add(f"--resume checkpoint not found: {args.resume}")
     data = DatasetCheck(problems, args.voc12_root, args.cls_labels)
