@@ -84,14 +84,14 @@ def efficientnet_b7_trunk(num_classes: int = 21, last_pooling: bool = True) -> E
 
 
 class ToyTrunk(ResNetBackbone):
-    """The toy arch's trunk: ResNet-18 at width 0.25, trainable BN, output stride 32 (16
+    """The toy arch's trunk: ResNet-18 at ``width``, trainable BN, output stride 32 (16
     without ``last_pooling``). ``forward(x)`` -> (p3, .., p7) with the strides of the B7 taps:
     layer2 (stride 8), layer3's two blocks (16, 16), layer4's two blocks (32, 32); channels
     (32, 64, 64, 128, 128)."""
 
-    def __init__(self, last_pooling: bool = True) -> None:
+    def __init__(self, last_pooling: bool = True, width: float = TOY_WIDTH) -> None:
         super().__init__("resnet18", BasicBlock, (2, 2, 2, 2),
-                         (2, 2, 2) if last_pooling else (2, 2, 1), TOY_WIDTH, trainable_bn=True)
+                         (2, 2, 2) if last_pooling else (2, 2, 1), width, trainable_bn=True)
         _, c3, c5, c7 = self.tap_channels
         self.tap_channels = (c3, c5, c5, c7, c7)
 
@@ -122,14 +122,15 @@ class SegNet(nn.Module):
     ResNet-101 file (``fc.*`` ignored); any missing key is a UserError. The report is kept in
     ``backbone_report``. ``bifpn_layers``, ``bifpn_channels`` (None: 256 for muscle_b7, 32 for
     toy), ``last_pooling`` and ``bifpn_independent_init`` (quirk S4 off) apply to the BiFPN
-    archs; ``output_stride`` (8 or 16) and ``aux_loss`` to DeepLab.
+    archs; ``output_stride`` (8 or 16) and ``aux_loss`` to DeepLab; ``toy_width`` (the
+    ResNet-18 width multiplier, as the stage-1 toy network's) to the toy.
     """
 
     def __init__(self, arch: str = "muscle_b7", num_classes: int = 21,
                  backbone_weights: str | os.PathLike | None = None, bifpn_layers: int = 3,
                  bifpn_channels: int | None = None, last_pooling: bool = True,
                  output_stride: int = 8, aux_loss: bool = False,
-                 bifpn_independent_init: bool = False) -> None:
+                 bifpn_independent_init: bool = False, toy_width: float = TOY_WIDTH) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise UserError(f"unknown segmentation arch {arch!r}; choose one of "
@@ -139,6 +140,7 @@ class SegNet(nn.Module):
         self.backbone_report: LoadReport | None = None
         if arch in BIFPN_ARCHS:
             channels = BIFPN_CHANNELS[arch] if bifpn_channels is None else bifpn_channels
+            self.toy_width = toy_width
             self._build_bifpn_net(num_classes, backbone_weights, bifpn_layers, channels,
                                   last_pooling, bifpn_independent_init)
         else:
@@ -161,7 +163,7 @@ class SegNet(nn.Module):
             if not no_weights(weights):
                 raise UserError(f"SegNet toy has no ImageNet weights; got backbone_weights "
                                 f"{weights} (give none)")
-            self.backbone = ToyTrunk(last_pooling)
+            self.backbone = ToyTrunk(last_pooling, self.toy_width)
         self.BIFPN = BiFPN(self.backbone.tap_channels, channels, layers, last_pooling,
                            independent_init)
         self.fuse_dec = nn.Conv2d(channels, num_classes, 1)

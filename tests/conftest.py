@@ -57,6 +57,7 @@ irn:
   irn_checkpoint_every: 0
 seg:
   seg_arch: toy
+  seg_toy_width: 0.25
   seg_val_list: "{{voc12_root}}/ImageSets/Segmentation/train.txt"
   mask_type: png
   seg_crop_size: 64

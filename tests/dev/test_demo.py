@@ -31,15 +31,23 @@ def test_demo_writes_summary_and_outputs(tiny_config, toy_voc, tmp_path, capsys)
     assert sorted(p.stem for p in (out / "refine/sem_seg_png").glob("*.png")) == sorted(names)
     assert 0 <= s["val_miou_pseudo_label"] <= 100
     assert s["pseudo_label_dir"].endswith("refine/sem_seg_png") and s["epochs"] == 1
+    # stage 3: pseudo labels of train_aug, a segmentation network, predictions of val
+    assert sorted(p.stem for p in (out / "seg/sem_seg_train_png").glob("*.png")) == \
+        sorted(train_aug)
+    assert sorted(p.stem for p in (out / "seg/seg/pred").glob("*.png")) == sorted(names)
+    assert 0 <= s["val_miou_segmentation"] <= 100 and (out / "seg/seg/last.ckpt").is_file()
     last = capsys.readouterr().out.strip().splitlines()
-    assert "pseudo-label" in last[-1] and f"{s['val_miou_pseudo_label']:.2f}%" in last[-1]
-    assert "trained network" in last[-2] and f"{s['val_miou_trained']:.2f}%" in last[-2]
-    assert "untrained network" in last[-3]
+    assert last[-1] == (f"held-out toy val mIoU: CAM {s['val_miou_trained']:.2f} | pseudo "
+                        f"label {s['val_miou_pseudo_label']:.2f} | segmentation "
+                        f"{s['val_miou_segmentation']:.2f}")
+    assert "segmentation" in last[-2] and "pseudo-label" in last[-3]
+    assert "trained network" in last[-4] and "untrained network" in last[-5]
     # a rerun resumes every step: nothing is trained or written again
     mtime = (out / "refine/irn/last.ckpt").stat().st_mtime_ns
     again = demo.main(["--config", str(tiny_config), "--voc12_root", str(toy_voc),
                        "--out", str(out), "--max_epoches", "1"])
     assert again["val_miou_pseudo_label"] == s["val_miou_pseudo_label"]
+    assert again["val_miou_segmentation"] == s["val_miou_segmentation"]
     assert (out / "refine/irn/last.ckpt").stat().st_mtime_ns == mtime
 
 

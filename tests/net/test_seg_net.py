@@ -257,7 +257,7 @@ def test_bifpn_init_copies_and_independent():
 
 def test_toy_forward_train():
     torch.manual_seed(4)
-    toy = SegNet("toy").train()
+    toy = SegNet("toy", toy_width=0.25).train()
     assert toy.backbone.tap_channels == (32, 64, 64, 128, 128)
     assert sum(p.numel() for p in toy.parameters()) < 1_000_000
     out = toy.forward_train(_image(2, 128, 128))

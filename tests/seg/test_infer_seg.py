@@ -19,7 +19,7 @@ from tool.common.errors import UserError
 def weights(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("seg_infer") / "last.ckpt"
-    torch.save({"model": SegNet("toy").state_dict(), "epoch": 0}, path)
+    torch.save({"model": SegNet("toy", toy_width=0.25).state_dict(), "epoch": 0}, path)
     return path
 
 

@@ -220,6 +220,7 @@ RULES: dict[str, Rule] = {
     # seg (METHOD.md 14)
     "seg_arch": one_of("muscle_b7", "deeplabv3_resnet101", "toy"),
     "seg_session": TEXT,
+    "seg_toy_width": number(gt=0),
     "seg_train_list": TEXT,
     "seg_val_list": TEXT,
     "seg_infer_list": TEXT,

@@ -27,6 +27,7 @@ from tool.common.config import (
 from tool.common.errors import cli_main
 from tool.common.fileio import save_text
 from tool.dev.demo_refine import refine
+from tool.dev.demo_seg import segment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,30 +106,36 @@ def main(argv: list[str] | None = None) -> dict:
                    help="start the training run in --out over instead of continuing it "
                         "(inference outputs of another checkpoint are replaced)")
     a, extra = p.parse_known_args(argv)  # the rest: config flags (--max_epoches 1)
-    overrides = parse_overrides(extra, [*TRAIN_SECTIONS, "irn"], a.config, "config flags")
-    stage2_keys = set(load_config(a.config)["irn"])
-    stage2 = {k: v for k, v in overrides.items() if k in stage2_keys}
-    overrides = {k: v for k, v in overrides.items() if k not in stage2_keys}
+    overrides = parse_overrides(extra, [*TRAIN_SECTIONS, "irn", "seg"], a.config,
+                                "config flags")
+    cfg_dict = load_config(a.config)
+    stage2 = {k: v for k, v in overrides.items() if k in cfg_dict["irn"]}
+    stage3 = {k: v for k, v in overrides.items() if k in cfg_dict["seg"]}
+    overrides = {k: v for k, v in overrides.items() if k not in {**stage2, **stage3}}
     t0 = time.time()
     out = Path(a.out)
-    train_epochs = overrides.get("max_epoches", load_config(a.config)["train"]["max_epoches"])
+    train_epochs = overrides.get("max_epoches", cfg_dict["train"]["max_epoches"])
     val_list = str(Path(a.voc12_root) / "ImageSets/Segmentation/val.txt")
     gt = str(Path(a.voc12_root) / "SegmentationClass")
-    print(f"== [1/4] training {a.config} on {a.voc12_root} -> {out}", flush=True)
+    print(f"== [1/5] training {a.config} on {a.voc12_root} -> {out}", flush=True)
     train(a.config, out, a.voc12_root, overrides, a.overwrite)
     best = out / "best.ckpt" if (out / "best.ckpt").exists() else out / "last.ckpt"
     camT = float(load_checkpoint(best)["camT"])
-    print(f"== [2/4] inference + evaluation of {best.name} on the held-out val split", flush=True)
+    print(f"== [2/5] inference + evaluation of {best.name} on the held-out val split", flush=True)
     trained = infer_and_eval(a.config, a.voc12_root, best, out, val_list, gt, camT, vis=True)
-    print("== [3/4] the untrained network, evaluated the same way", flush=True)
+    print("== [3/5] the untrained network, evaluated the same way", flush=True)
     untrained = infer_and_eval(a.config, a.voc12_root, save_untrained(a.config, out, a.voc12_root),
                                out / "untrained", val_list, gt, None, vis=False)
-    print("== [4/4] stage 2: IRN refines the CAMs into pseudo labels", flush=True)
+    print("== [4/5] stage 2: IRN refines the CAMs into pseudo labels", flush=True)
     refined = refine(a.config, a.voc12_root, out, best, out / "npy_sgc", val_list, gt,
                      stage2)
+    print("== [5/5] stage 3: a segmentation network trained on the pseudo labels", flush=True)
+    seg = segment(a.config, a.voc12_root, out, best, refined, val_list, gt, stage3)
     summary = {"val_miou_trained": round(trained["miou"], 2),
                "val_miou_pseudo_label": round(refined["miou"], 2),
+               "val_miou_segmentation": round(seg["miou"], 2),
                "pseudo_label_dir": _rel(refined["dir"]), "stage2_seconds": refined["seconds"],
+               "segmentation_dir": _rel(seg["dir"]), "stage3_seconds": seg["seconds"],
                "val_miou_untrained": round(untrained["miou"], 2),
                "threshold": round(camT, 4), "untrained_threshold": untrained["t"],
                "seconds": round(time.time() - t0, 1), "npy_dir": _rel(out / "npy_sgc"),
@@ -136,13 +143,17 @@ def main(argv: list[str] | None = None) -> dict:
                "config": a.config, "epochs": train_epochs}
     save_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"\nPL-Mix toy demo finished in {summary['seconds']:.0f} s; outputs in {_rel(out)}/ "
-          f"(summary.json, metrics.csv, npy_sgc/, png/, vis/, eval.json, curve.png, refine/)")
+          f"(summary.json, metrics.csv, npy_sgc/, png/, vis/, eval.json, curve.png, refine/, seg/)")
     print(f"held-out toy val CAM mIoU, untrained network (best t={untrained['t']:.2f}): "
           f"{untrained['miou']:.2f}%")
     print(f"held-out toy val CAM mIoU, trained network (t={camT:.2f} chosen on train): "
           f"{trained['miou']:.2f}%")
     print(f"held-out toy val pseudo-label mIoU, IRN random walk over the same CAMs: "
           f"{refined['miou']:.2f}%")
+    print(f"held-out toy val segmentation mIoU, network trained on train_aug's pseudo labels: "
+          f"{seg['miou']:.2f}%")
+    print(f"held-out toy val mIoU: CAM {trained['miou']:.2f} | pseudo label "
+          f"{refined['miou']:.2f} | segmentation {seg['miou']:.2f}")
     return summary
 
 

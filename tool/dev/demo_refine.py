@@ -19,12 +19,12 @@ from tool.common.provenance import file_sha256
 from tool.irn.presets import IRN_SECTIONS
 
 
-def _fresh_folder(folder: Path, stage1: Path) -> None:
-    """Start ``folder`` over when it was made from another stage-1 checkpoint."""
-    stamp = folder / "stage1.sha256"
-    sha = file_sha256(stage1)
+def fresh_folder(folder: Path, source: Path) -> None:
+    """Start ``folder`` over when it was made from another ``source`` (checkpoint)."""
+    stamp = folder / "source.sha256"
+    sha = file_sha256(source)
     if stamp.is_file() and stamp.read_text().strip() != sha:
-        print(f"   {stage1} changed since {folder} was made: starting stage 2 over", flush=True)
+        print(f"   {source} changed since {folder} was made: starting it over", flush=True)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_text(stamp, sha + "\n")
@@ -33,7 +33,8 @@ def _fresh_folder(folder: Path, stage1: Path) -> None:
 def refine(cfg: str, voc: str, out: Path, stage1: Path, cam_val: Path, val_list: str, gt: str,
            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 2 of the demo: returns {"miou": pseudo-label mIoU on ``val_list``, "dir": the
-    pseudo-label PNG folder, "seconds" per step}. ``cam_val``: stage 1's CAM dicts of
+    pseudo-label PNG folder, "seconds" per step, "irn": the IRN checkpoint, "cams": the CAM
+    folder of "train_list"}. ``cam_val``: stage 1's CAM dicts of
     ``val_list`` (from ``stage1``); ``overrides``: ``irn`` config keys (``irn_num_epoches``)."""
     import time
 
@@ -43,7 +44,7 @@ def refine(cfg: str, voc: str, out: Path, stage1: Path, cam_val: Path, val_list:
     from tool.irn import train as irn_train
 
     folder = out / "refine"
-    _fresh_folder(folder, stage1)
+    fresh_folder(folder, stage1)
     seconds: dict[str, float] = {}
     t = time.time()
     train_list = str(Path(voc) / "ImageSets/Segmentation/train_aug.txt")
@@ -72,4 +73,5 @@ def refine(cfg: str, voc: str, out: Path, stage1: Path, cam_val: Path, val_list:
     pred = Path(f"{walk_args.sem_seg_out_dir}_png")
     result = ev.evaluate(load_img_name_list(val_list), pred, gt, "png")
     seconds["walk_and_eval"] = round(time.time() - t, 1)
-    return {"miou": result.best_miou, "dir": pred, "seconds": seconds}
+    return {"miou": result.best_miou, "dir": pred, "seconds": seconds,
+            "irn": session / "last.ckpt", "cams": cam_train, "train_list": train_list}

@@ -96,7 +96,8 @@ def load_model(args: Namespace, device: torch.device) -> torch.nn.Module:
     from net.seg_net import SegNet, load_seg_checkpoint
 
     model = SegNet(args.seg_arch, num_classes=21, backbone_weights=None,
-                   output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss))
+                   output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss),
+                   toy_width=args.seg_toy_width)
     load_seg_checkpoint(model, args.seg_weights, allow_pickle=bool(args.allow_pickle))
     return model.eval().to(device)
 

@@ -64,7 +64,8 @@ def build_seg_net(args: Namespace) -> SegNet:
     from tool.common.checkpoint import init_from_stage1
 
     net = SegNet(args.seg_arch, num_classes=21, backbone_weights=args.seg_backbone_weights,
-                 output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss))
+                 output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss),
+                 toy_width=args.seg_toy_width)
     if not no_weights(args.seg_init_from_cam):
         init_from_stage1(net.backbone, args.seg_init_from_cam, "--seg_init_from_cam",
                          f"the {args.seg_arch} trunk", bool(args.allow_pickle))
