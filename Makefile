@@ -14,7 +14,7 @@ help:
 	@echo "make demo      - toy pipeline: generate data, train, infer, evaluate (runs/demo/)"
 	@echo "make demo-pretrained - the same with ImageNet-pretrained EfficientNet-Lite0 (runs/demo_pretrained/)"
 	@echo "make test      - lint + unit/integration tests"
-	@echo "make bench     - speed benchmarks (evaluator, training, inference, CRF, random walk)"
+	@echo "make bench     - speed benchmarks (evaluator, training, inference, CRF, random walk, stage 3)"
 	@echo "make ablation  - toy ablation: MCL vs MCL+PL-Mix, 2 regimes x 3 seeds, paired tests (runs/ablation/)"
 
 $(PY):

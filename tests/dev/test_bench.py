@@ -72,3 +72,42 @@ def test_model_memory_smoke(capsys):
     assert "| resnet18-w0.5 | " in capsys.readouterr().out
     with pytest.raises(UserError, match="unknown"):
         model_memory.main(["--backbones", "vgg"])
+
+
+def test_bench_seg_smoke(tiny_config, toy_voc, tmp_path, capsys):
+    """Stage 3: training steps on the GT masks as PNG pseudo labels; the released inference
+    (6 scales x flip) with and without the CRF."""
+    res = bench.main(["--only", "seg", "--voc12_root", str(toy_voc), "--seg_config",
+                      str(tiny_config), "--seg_iters", "1", "--seg_images", "2",
+                      "--json", str(tmp_path / "s.json")])
+    r = res["seg"]
+    assert r["train"]["arch"] == "toy" and r["train"]["images"] == 4  # 1 batch of the tiny 4
+    assert r["train_images_per_s"] > 0
+    assert r["infer"]["images"] == 2 and r["infer"]["passes"] == 12  # the released scales
+    assert r["infer_images_per_s (no crf)"] > r["infer_images_per_s (crf)"] > 0
+    assert 0 < r["crf_share"] < 1
+    assert json.loads((tmp_path / "s.json").read_text())["seg"]["crf_share"] == r["crf_share"]
+    assert "pseudo labels = the GT masks" in capsys.readouterr().out
+    with pytest.raises(UserError, match="seg_iters"):
+        bench.main(["--only", "seg", "--seg_iters", "0"])
+
+
+def test_model_memory_seg_rows(capsys):
+    """Stage-3 rows: the toy SegNet (batch 1, Adam) and DeepLab (batch 2 per image, SGD)."""
+    toy, deeplab = model_memory.main(["--size", "64", "--crop", "128", "--backbones", "",
+                                      "--seg", "toy,deeplabv3_resnet101"])
+    mb_per_param = 1e6 / model_memory.MB  # x bytes per parameter = x * params_m * this MB
+    assert toy["cam"] is None and toy["affinity_mb"] == 0
+    # held at full resolution: dense_ft (32 channels), the logits and CE's log-softmax (21 each)
+    assert toy["act_mb"] * model_memory.MB >= (32 + 2 * 21) * 128 ** 2 * 4
+    # toy builds BiFPN modules it never runs: no gradient or Adam state for them
+    assert 4 < toy["train_state_mb"] / (toy["params_m"] * mb_per_param) < 16
+    assert deeplab["train_state_mb"] == pytest.approx(12 * deeplab["params_m"] * mb_per_param)
+    assert deeplab["act_mb"] > 10 * toy["act_mb"]
+    assert "| toy (seg) | " in capsys.readouterr().out
+    with pytest.raises(UserError, match="nothing to estimate"):
+        model_memory.main(["--backbones", ""])
+    with pytest.raises(UserError, match="--seg: unknown"):
+        model_memory.main(["--seg", "unet"])
+    with pytest.raises(UserError, match="--size >= 64"):
+        model_memory.main(["--size", "32", "--seg", "toy"])

@@ -27,6 +27,7 @@ SECTIONS: dict[str, str] = {  # section name -> module
     "train": "tool.dev.bench_train",
     "infer": "tool.dev.bench_infer",
     "refine": "tool.dev.bench_refine",
+    "seg": "tool.dev.bench_seg",
 }
 
 
