@@ -143,10 +143,12 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"cannot read mask {path}: {e}") from None
 
 
-def save_label_png(label: np.ndarray, path: str | os.PathLike) -> None:
-    """Write an (H, W) uint8 label map as a VOC-palette PNG, atomically."""
+def save_label_png(label: np.ndarray, path: str | os.PathLike, palette: bool = True) -> None:
+    """Write an (H, W) uint8 label map as a VOC-palette PNG (``palette``) or as a grey ('L')
+    PNG of the same indices (IRN's and MuSCLe's files), atomically."""
     from tool.common.fileio import atomic_save
 
-    im = Image.fromarray(np.asarray(label, np.uint8), mode="P")
-    im.putpalette(voc_palette())
+    im = Image.fromarray(np.asarray(label, np.uint8), mode="P" if palette else "L")
+    if palette:
+        im.putpalette(voc_palette())
     atomic_save(path, lambda f: im.save(f, format="PNG"))

@@ -14,7 +14,6 @@ takes every N-th image of the list.
 from __future__ import annotations
 
 import logging
-import os
 from argparse import Namespace
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from data.transforms import normalize
@@ -151,12 +149,6 @@ def image_pair(path: Path, device: torch.device) -> torch.Tensor:
     return torch.stack([img, img.flip(-1)]).to(device)
 
 
-def save_gray_png(label: np.ndarray, path: str | os.PathLike) -> None:
-    """IRN's grey ('L') label PNG, atomically (the same indices as the palette PNG)."""
-    im = Image.fromarray(np.asarray(label, np.uint8), mode="L")
-    atomic_save(path, lambda f: im.save(f, format="PNG"))
-
-
 def infer_one(model: IRNet, name: str, args: Namespace, folders: dict[str, Path],
               engine: str, device: torch.device) -> list[int]:
     """Refine one image's CAMs and write its outputs (the PNG last: it marks the image done);
@@ -173,7 +165,7 @@ def infer_one(model: IRNet, name: str, args: Namespace, folders: dict[str, Path]
     paths = output_paths(folders, name)
     if NPY in paths:
         atomic_save(paths[NPY], lambda f: np.save(f, soft))
-    (save_label_png if args.label_png == "palette" else save_gray_png)(label, paths[PNG])
+    save_label_png(label, paths[PNG], palette=args.label_png == "palette")
     return sorted(int(k) for k in cams)
 
 

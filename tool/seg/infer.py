@@ -114,12 +114,10 @@ def predict_one(model: torch.nn.Module, name: str, args: Namespace, device: torc
 
 
 def save_outputs(label: Any, name: str, args: Namespace, folders: dict[str, Path]) -> None:
-    from tool.irn.infer import save_gray_png
-
     if SUBMIT in folders:  # the test server reads indexed PNGs with the VOC palette
         save_label_png(label, folders[SUBMIT] / f"{name}.png")
-    save = save_label_png if args.seg_label_png == "palette" else save_gray_png
-    save(label, folders[PRED] / f"{name}.png")  # last: it marks the image done
+    # last: it marks the image done
+    save_label_png(label, folders[PRED] / f"{name}.png", palette=args.seg_label_png == "palette")
 
 
 def run(args: Namespace) -> int:
