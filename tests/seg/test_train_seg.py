@@ -109,3 +109,36 @@ def test_bad_pseudo_labels_before_compute(tiny_config, labels, tmp_path, toy_voc
                         kind, "--seg_session", str(tmp_path / "seg")])
     assert name in str(e.value)
     assert not (tmp_path / "seg").exists()
+
+
+def test_deeplab_recipe_optimizer_and_poly():
+    """METHOD.md 14.7.2: SGD with momentum, the aux head at 10x, poly decay every iteration;
+    MuSCLe's recipe: Adam over every parameter with ReduceLROnPlateau."""
+    from argparse import Namespace
+
+    from net.seg_net import SegNet
+    from tool.seg.train import build_optimizer
+
+    args = Namespace(seg_optimizer="sgd", seg_lr=0.01, seg_momentum=0.9, seg_wt_dec=1e-4,
+                     seg_lr_policy="poly", seg_poly_power=0.9, seg_lr_factor=0.5,
+                     seg_min_lr=0.0)
+    net = SegNet("deeplabv3_resnet101", aux_loss=True)
+    opt, sched = build_optimizer(args, net, steps=10)
+    main, aux = opt.param_groups
+    n_aux = sum(1 for n, _ in net.named_parameters() if n.startswith("aux_classifier."))
+    assert len(aux["params"]) == n_aux > 0 and aux["lr"] == pytest.approx(0.1)
+    assert len(main["params"]) + n_aux == len(list(net.parameters()))
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert main["lr"] == pytest.approx(0.01 * 0.5 ** 0.9) and aux["lr"] == pytest.approx(
+        0.1 * 0.5 ** 0.9)
+    args.seg_optimizer, args.seg_lr_policy, args.seg_lr = "adam", "plateau", 1e-5
+    args.seg_wt_dec, args.seg_min_lr = 1e-5, 5e-6
+    opt, sched = build_optimizer(args, SegNet("toy", toy_width=0.25), steps=10)
+    assert len(opt.param_groups) == 1 and isinstance(opt, torch.optim.Adam)
+    sched.step(0.5)
+    sched.step(0.4)  # patience 0: the first epoch without a gain halves the lr, once
+    sched.step(0.3)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-6)
