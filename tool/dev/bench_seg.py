@@ -65,7 +65,8 @@ def measure_train(config: str, voc12_root: str, iters: int, tmp: Path) -> dict:
     (tmp / "train.txt").write_text("\n".join(names) + "\n")
     cfg = resolve_config(config, SEG_SECTIONS, {
         "voc12_root": voc12_root, "seg_train_list": str(tmp / "train.txt"),
-        "mask_root": str(tmp / "labels"), "mask_type": "png", "seg_session": str(tmp / "seg")})
+        "mask_root": str(tmp / "labels"), "mask_type": "png", "seg_session": str(tmp / "seg"),
+        "seg_init_from_cam": None})  # a random trunk: the cost is the same
     stage = SegStage(cfg, torch.device("cpu"))
     stage.train_set.set_epoch(0)
     loader = DataLoader(stage.train_set, batch_size=cfg.seg_batch_size, drop_last=True)
@@ -89,7 +90,7 @@ def measure_infer(config: str, voc12_root: str, n_images: int) -> dict:
 
     cfg = resolve_config(config, SEG_SECTIONS, {"voc12_root": voc12_root,
                                                 "seg_scales": list(MSF_SCALES),
-                                                "seg_flip": True})
+                                                "seg_flip": True, "seg_init_from_cam": None})
     names = load_img_name_list(cfg.seg_infer_list)[:n_images]
     torch.manual_seed(0)
     model = build_seg_net(cfg).eval()
