@@ -98,3 +98,23 @@ def stop_after_epoch_0(main, args: list[str]) -> None:
             main(args)
     finally:
         engine.Engine.train_epoch = real
+
+
+def run_script_steps(script: str, argv: list[str], tmp_path: Path) -> list[str]:
+    """Run the repository's ``script`` (run_refine.sh, ...) with a stand-in interpreter that
+    records the command line of each Python step instead of running it (``-m`` calls, the
+    config lookups, run for real); returns the recorded lines, in order."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "calls.txt"
+    py = tmp_path / "py"
+    py.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -m ]; then exec {sys.executable} "$@"; fi\n'
+                  f'echo "$@" >> {log}\n')
+    py.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PY": str(py), "NPROC": "1"}
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(["bash", str(root / script), *argv], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return log.read_text().splitlines()

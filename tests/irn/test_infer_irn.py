@@ -226,21 +226,9 @@ def test_run_refine_calls_the_four_steps(tmp_path):
     """run_refine.sh with a stand-in interpreter that records each step's command line (the
     config lookup runs for real): CAMs of train_aug, IR labels, IRN training, random walk,
     PNG evaluation."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.utils import run_script_steps
 
-    root = Path(entry.__file__).resolve().parent
-    log = tmp_path / "calls.txt"
-    py = tmp_path / "py"
-    py.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -m ]; then exec {sys.executable} "$@"; fi\n'
-                  f'echo "$@" >> {log}\n')
-    py.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PY": str(py), "NPROC": "1"}
-    res = subprocess.run(["bash", str(root / "run_refine.sh"), "--beta", "9"], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    calls = log.read_text().splitlines()
+    calls = run_script_steps("run_refine.sh", ["--beta", "9"], tmp_path)
     assert [c.split()[0] for c in calls] == ["infer_cam.py", "make_ir_labels.py",
                                              "train_irn.py", "infer_irn.py", "eval_cam.py"]
     assert "train_aug.txt" in calls[0] and "--out_npy runs/toy/infer_train/npy_sgc" in calls[0]

@@ -2,24 +2,11 @@
 lookup runs for real): the walk over train_list, training, inference, PNG evaluation."""
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.utils import run_script_steps
 
 
 def test_run_seg_calls_the_four_steps(tmp_path):
-    log = tmp_path / "calls.txt"
-    py = tmp_path / "py"
-    py.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -m ]; then exec {sys.executable} "$@"; fi\n'
-                  f'echo "$@" >> {log}\n')
-    py.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PY": str(py), "NPROC": "1"}
-    res = subprocess.run(["bash", str(ROOT / "run_seg.sh"), "--seg_lr", "0.002"], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    calls = log.read_text().splitlines()
+    calls = run_script_steps("run_seg.sh", ["--seg_lr", "0.002"], tmp_path)
     assert [c.split()[0] for c in calls] == ["infer_irn.py", "train_seg.py", "infer_seg.py",
                                              "eval_cam.py"]
     walk, train, infer, ev = calls

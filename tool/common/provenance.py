@@ -121,3 +121,22 @@ def remove_outputs(folder: str | os.PathLike, extensions: list[str], all_names: 
                 p.unlink()
                 gone += 1
     return gone
+
+
+def prepare_output_folders(folders: dict[str, Path], extensions: dict[str, str],
+                           settings: dict[str, dict], extra: dict[str, Any],
+                           all_names: list[str], names: list[str], rank: int = 0,
+                           overwrite: bool = False) -> None:
+    """Before an inference run writes: every output folder created, emptied of the previous
+    run's outputs with ``overwrite`` (:func:`remove_outputs`), and its record written
+    (``{kind: settings[kind]}`` and ``extra``). ``folders`` and ``extensions``: by kind."""
+    import logging
+
+    for kind, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            gone = remove_outputs(folder, [extensions[kind]], all_names, names, rank)
+            if gone:
+                logging.getLogger("plmix").info(
+                    "--overwrite: removed %d output(s) of a previous run from %s", gone, folder)
+        write_provenance(folder, {kind: settings[kind]}, extra)

@@ -33,9 +33,8 @@ from tool.common.fileio import atomic_save
 from tool.common.preflight import Problems, check_output_folder
 from tool.common.provenance import (
     file_sha256,
+    prepare_output_folders,
     recorded_differences,
-    remove_outputs,
-    write_provenance,
 )
 from tool.common.runtime import configure_threads, resolve_device, setup_logging
 from tool.eval.evaluation import check_cam_dict, load_cam_dict
@@ -198,16 +197,9 @@ def run(args: Namespace) -> int:
     if not todo:
         return 0
     model = load_irn(args, device)  # a file of another layout: one line, before any output
-    overwrite = bool(getattr(args, "overwrite", False))
-    for kind, folder in folders.items():
-        folder.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            gone = remove_outputs(folder, [EXTENSIONS[kind]], all_names, names, rank)
-            if gone:
-                log.info("--overwrite: removed %d output(s) of a previous run from %s", gone,
-                         folder)
-        write_provenance(folder, {kind: settings[kind]},
-                         {"irn_weights_name": str(weights), "infer_list": str(args.infer_list)})
+    prepare_output_folders(folders, EXTENSIONS, settings,
+                           {"irn_weights_name": str(weights), "infer_list": str(args.infer_list)},
+                           all_names, names, rank, bool(getattr(args, "overwrite", False)))
     keys = {name: infer_one(model, name, args, folders, engine, device)
             for name in tqdm(todo, desc="random walk", disable=not is_main())}
     if Path(args.cls_labels).is_file():  # Q27: the dict keys are trusted, as in IRN

@@ -24,9 +24,8 @@ from tool.common.dist import is_main, local_device, rank_world, shard
 from tool.common.preflight import Problems, check_output_folder
 from tool.common.provenance import (
     file_sha256,
+    prepare_output_folders,
     recorded_differences,
-    remove_outputs,
-    write_provenance,
 )
 from tool.common.runtime import configure_threads, resolve_device, setup_logging
 from tool.seg.msf import (
@@ -141,16 +140,9 @@ def run(args: Namespace) -> int:
     if not todo:
         return 0
     model = load_model(args, device)  # a file of another arch: one line, before any output
-    overwrite = bool(getattr(args, "overwrite", False))
-    for kind, folder in folders.items():
-        folder.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            gone = remove_outputs(folder, [".png"], all_names, names, rank)
-            if gone:
-                log.info("--overwrite: removed %d output(s) of a previous run from %s", gone,
-                         folder)
-        write_provenance(folder, {kind: settings[kind]},
-                         {"seg_weights": str(weights), "infer_list": str(args.seg_infer_list)})
+    prepare_output_folders(folders, {kind: ".png" for kind in folders}, settings,
+                           {"seg_weights": str(weights), "infer_list": str(args.seg_infer_list)},
+                           all_names, names, rank, bool(getattr(args, "overwrite", False)))
     for name in tqdm(todo, desc="segmentation", disable=not is_main()):
         save_outputs(predict_one(model, name, args, device), name, args, folders)
     return len(todo)
