@@ -135,3 +135,16 @@ def test_tensorboard_event_files_hold_the_scalars(tmp_path):
     rows = rows_without_time(tmp_path / "run" / "metrics.csv")
     assert [round(s.value, 4) for s in ev.Scalars("epoch/val_mse")] == [
         round(float(r["val_mse"]), 4) for r in rows]
+
+
+def test_iterations_per_epoch(monkeypatch):
+    from tool.common.engine import iterations_per_epoch
+    from tool.common.errors import UserError
+
+    assert iterations_per_epoch(12, 4, "--b", "l.txt") == 3
+    assert iterations_per_epoch(13, 4, "--b", "l.txt") == 3  # the incomplete batch is dropped
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert iterations_per_epoch(13, 4, "--b", "l.txt") == 1  # 7 images a process
+    with pytest.raises(UserError, match=r"--b 8 is more than the 13 images of l.txt split "
+                                        r"among 2 processes"):
+        iterations_per_epoch(13, 8, "--b", "l.txt")

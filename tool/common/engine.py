@@ -240,6 +240,17 @@ def epoch_loader(ds: Dataset, epoch: int, batch_size: int, seed: int, num_worker
 # ------------------------------------------------------------------------- the engine
 
 
+def iterations_per_epoch(n_images: int, batch_size: int, flag: str, list_path: str) -> int:
+    """Full batches per epoch and process (incomplete ones are dropped, ``epoch_loader``); a
+    batch larger than a process's share of the list is one UserError naming ``flag``."""
+    world = rank_world()[1]
+    n = -(-n_images // world) // batch_size
+    if n == 0:
+        raise UserError(f"{flag} {batch_size} is more than the {n_images} images of "
+                        f"{list_path}{f' split among {world} processes' if world > 1 else ''}")
+    return n
+
+
 def on_main_rank(write: Callable[[], None]) -> None:
     """Run ``write`` on rank 0 only; a UserError it raises is raised on every rank (in place of
     a barrier: the other ranks hear of rank 0's failure instead of waiting for it)."""

@@ -37,7 +37,14 @@ from net.irn_net import IRNet
 from net.weights import no_weights
 from tool.common.checkpoint import init_from_stage1
 from tool.common.dist import rank_world, wrap_ddp
-from tool.common.engine import EngineConfig, EpochResult, Stage, engine_config, run_stage
+from tool.common.engine import (
+    EngineConfig,
+    EpochResult,
+    Stage,
+    engine_config,
+    iterations_per_epoch,
+    run_stage,
+)
 from tool.common.errors import UserError
 from tool.common.preflight import PreflightError, Problems, check_output_folder
 from tool.common.runtime import seed_everything
@@ -94,12 +101,8 @@ class IRNStage(Stage):
             args.train_list, args.voc12_root, args.ir_label_out_dir, self.path_index,
             crop_size=args.irn_crop_size, rescale=args.irn_rescale, hflip=args.irn_hflip,
             seed=args.seed)
-        world = rank_world()[1]
-        per_epoch = -(-len(self.train_set) // world) // args.irn_batch_size
-        if per_epoch == 0:
-            raise UserError(f"--irn_batch_size {args.irn_batch_size} is more than the "
-                            f"{len(self.train_set)} images of {args.train_list}"
-                            f"{f' split among {world} processes' if world > 1 else ''}")
+        per_epoch = iterations_per_epoch(len(self.train_set), args.irn_batch_size,
+                                         "--irn_batch_size", args.train_list)
         seed_everything(args.seed)  # the same initial heads for a fresh run and a resumed one
         self.net = build_net(args).to(device)
         edge, disp = self.net.trainable_parameters()

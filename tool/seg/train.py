@@ -29,8 +29,14 @@ from torch import nn
 from data.voc import image_path, load_image, load_img_name_list, load_mask
 from net.seg_net import SegNet
 from tool.common.dist import all_reduce_sum, rank_world, shard, wrap_ddp
-from tool.common.engine import EngineConfig, EpochResult, Stage, engine_config, run_stage
-from tool.common.errors import UserError
+from tool.common.engine import (
+    EngineConfig,
+    EpochResult,
+    Stage,
+    engine_config,
+    iterations_per_epoch,
+    run_stage,
+)
 from tool.common.runtime import seed_everything
 from tool.eval.evaluation import confusion_png, iou_from_confusion
 from tool.seg.losses import beacon_loss, deeplab_loss, seg_ce_loss
@@ -153,12 +159,8 @@ class SegStage(Stage):
             cls_labels=args.cls_labels, crop_size=args.seg_crop_size,
             scale_range=tuple(args.seg_scale_range), jitter=tuple(args.seg_jitter),
             pad_label=args.pad_label, seed=args.seg_seed)
-        world = rank_world()[1]
-        per_epoch = -(-len(self.train_set) // world) // args.seg_batch_size
-        if per_epoch == 0:
-            raise UserError(f"--seg_batch_size {args.seg_batch_size} is more than the "
-                            f"{len(self.train_set)} images of {args.seg_train_list}"
-                            f"{f' split among {world} processes' if world > 1 else ''}")
+        per_epoch = iterations_per_epoch(len(self.train_set), args.seg_batch_size,
+                                         "--seg_batch_size", args.seg_train_list)
         seed_everything(args.seg_seed)  # the same initial heads for a fresh and a resumed run
         self.net = build_seg_net(args).to(device)
         self.optimizer, self.scheduler = build_optimizer(args, self.net,
