@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tool.common.checkpoint import read_checkpoint
+from tool.common.checkpoint import NO_WEIGHTS, no_weights, read_checkpoint  # noqa: F401 (re-exported)
 from tool.common.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,6 @@ STATE_DICT_KEYS = ("model_state_dict", "model", "state_dict")
 # never use: the EfficientNet head and classifier, and the decoder classifier ``fuse_dec``.
 # Their checkpoints carry them; a whole-model load ignores exactly these (and names them).
 RELEASED_UNUSED = ("backbone._conv_head.", "backbone._bn1.", "backbone._fc.", "fuse_dec.")
-NO_WEIGHTS = (None, "", "none", "None", "null")
 _SHOW = 5  # keys named in one-line messages
 
 
@@ -51,11 +50,6 @@ class LoadReport:
 def _first(keys: list[str]) -> str:
     more = f", ... {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
     return ", ".join(keys[:_SHOW]) + more
-
-
-def no_weights(path: str | os.PathLike | None) -> bool:
-    """True for "no checkpoint": None, '' or the string 'None' of the released run scripts (Q7)."""
-    return path in NO_WEIGHTS or (isinstance(path, str) and path.strip() in NO_WEIGHTS)
 
 
 def state_dict_of(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:

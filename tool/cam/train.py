@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 from data.datasets import collate_train
 from data.preflight import DatasetCheck
 from data.voc import image_path, load_image
-from net.weights import no_weights
 from tool.cam.build import (
     build_loaders,
     build_model,
@@ -45,7 +44,12 @@ from tool.common.engine import (  # noqa: F401 - resume_command: train_mcl.py's
 )
 from tool.common.engine import engine_config as common_engine_config
 from tool.common.errors import UserError
-from tool.common.preflight import Problems, check_output_folder, checkpoint_bytes
+from tool.common.preflight import (
+    Problems,
+    check_input_files,
+    check_output_folder,
+    checkpoint_bytes,
+)
 from tool.common.runtime import epoch_generators, seed_everything
 from tool.crf import CRFParams, CRFPool
 from tool.eval.evaluation import parse_t_range
@@ -188,12 +192,7 @@ def preflight(args: Namespace, decode: bool = False) -> str:
         check_weights_given(args)
     except UserError as e:
         problems.add(str(e))
-    for flag in ("weights", "backbone_weights"):
-        path = getattr(args, flag)
-        if not no_weights(path) and not Path(path).is_file():
-            problems.add(f"--{flag} file not found: {path}")
-    if isinstance(args.resume, str) and not Path(args.resume).is_file():
-        problems.add(f"--resume checkpoint not found: {args.resume}")
+    check_input_files(problems, args, ("weights", "backbone_weights"))
     data = DatasetCheck(problems, args.voc12_root, args.cls_labels, decode=decode)
     data.split(args.train_list, require_foreground=True)
     # the released protocol reads the validation masks every epoch: check them now, not after

@@ -29,6 +29,14 @@ _TRUE = ("1", "true", "yes", "y", "on")  # METHOD.md D4's spellings of "true"
 _SHOW = 5  # keys named in one-line messages
 
 
+NO_WEIGHTS = (None, "", "none", "None", "null")
+
+
+def no_weights(path: str | os.PathLike | None) -> bool:
+    """True for "no checkpoint": None, '' or the string 'None' of the released run scripts (Q7)."""
+    return path in NO_WEIGHTS or (isinstance(path, str) and path.strip() in NO_WEIGHTS)
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` with torch.save under a temporary name, then rename it into place."""
     atomic_save(path, lambda f: torch.save(state, f))

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tool.common.errors import UserError
 
@@ -145,3 +146,17 @@ def reported_write(path: str | os.PathLike, hint: str = "") -> Iterator[None]:
             raise
         raise UserError(f"cannot write {path}: {str(e).splitlines()[0]}"
                         f"{'; ' + hint if hint else ''}") from e
+
+
+def check_input_files(problems: Problems, args: Any, flags: Sequence[str]) -> None:
+    """The optional input files of a trainer: each flag's file (unless it names none) and a
+    ``--resume CKPT`` must exist."""
+    from tool.common.checkpoint import no_weights
+
+    for flag in flags:
+        path = getattr(args, flag)
+        if not no_weights(path) and not Path(path).is_file():
+            problems.add(f"--{flag} file not found: {path}")
+    resume = getattr(args, "resume", False)
+    if isinstance(resume, str) and not Path(resume).is_file():
+        problems.add(f"--resume checkpoint not found: {resume}")

@@ -46,7 +46,12 @@ from tool.common.engine import (
     run_stage,
 )
 from tool.common.errors import UserError
-from tool.common.preflight import PreflightError, Problems, check_output_folder
+from tool.common.preflight import (
+    PreflightError,
+    Problems,
+    check_input_files,
+    check_output_folder,
+)
 from tool.common.runtime import seed_everything
 from tool.irn.losses import irn_loss
 from tool.irn.optim import PolyOptimizer
@@ -178,15 +183,10 @@ def preflight(args: Namespace) -> str:
     from tool.irn import make_labels
 
     problems = Problems()
-    for flag in ("irn_backbone_weights", "irn_init_from_cam"):
-        path = getattr(args, flag)
-        if not no_weights(path) and not Path(path).is_file():
-            problems.add(f"--{flag} file not found: {path}")
+    check_input_files(problems, args, ("irn_backbone_weights", "irn_init_from_cam"))
     if no_weights(args.irn_backbone_weights) and no_weights(args.irn_init_from_cam) \
             and args.irn_backbone == "resnet50":
         log.warning("no --irn_backbone_weights: the frozen IRN trunk stays randomly initialised")
-    if isinstance(args.resume, str) and not Path(args.resume).is_file():
-        problems.add(f"--resume checkpoint not found: {args.resume}")
     data = DatasetCheck(problems, args.voc12_root, None)
     data.split(args.train_list)
     data.split(args.irn_mean_shift_list)

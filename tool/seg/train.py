@@ -219,16 +219,10 @@ def preflight(args: Namespace) -> str:
     summary for the log."""
     from data.preflight import DatasetCheck
     from data.seg_dataset import check_seg_labels
-    from net.weights import no_weights
-    from tool.common.preflight import Problems, check_output_folder
+    from tool.common.preflight import Problems, check_input_files, check_output_folder
 
     problems = Problems()
-    for flag in ("seg_backbone_weights", "seg_init_from_cam"):
-        w = getattr(args, flag)
-        if not no_weights(w) and not Path(w).is_file():
-            problems.add(f"--{flag} file not found: {w}")
-    if isinstance(args.resume, str) and not Path(args.resume).is_file():
-        problems.add(f"--resume checkpoint not found: {args.resume}")
+    check_input_files(problems, args, ("seg_backbone_weights", "seg_init_from_cam"))
     data = DatasetCheck(problems, args.voc12_root, args.cls_labels)
     names = data.split(args.seg_train_list)
     data.split(args.seg_val_list, gt_dir=args.gt)
