@@ -332,6 +332,27 @@ def worker_pool(workers: int, mp_context: str = "spawn") -> ProcessPoolExecutor:
                                initializer=_exit_with_parent, initargs=(os.getpid(),))
 
 
+def shutdown_pool(ex: ProcessPoolExecutor, cancel_futures: bool = True) -> None:
+    """``ex.shutdown(wait=True)`` that also returns when the pool is broken (a worker died).
+
+    CPython's broken-pool cleanup stops the surviving workers with SIGTERM, which
+    ``_exit_with_parent`` makes them ignore, then joins them: a plain shutdown would wait
+    forever (a survivor may also be blocked on the call queue's lock that the dead worker held).
+    So the executor's manager thread is joined in short waits, and once the executor says it
+    is broken the survivors are SIGKILLed (their results are lost with the pool anyway).
+    Running jobs of a healthy pool finish as before; queued ones are cancelled.
+    """
+    workers = list((getattr(ex, "_processes", None) or {}).values())  # shutdown drops it
+    manager = getattr(ex, "_executor_manager_thread", None)
+    ex.shutdown(wait=False, cancel_futures=cancel_futures)
+    while manager is not None and manager.is_alive():
+        if getattr(ex, "_broken", False):
+            for proc in workers:
+                if proc.is_alive():
+                    proc.kill()
+        manager.join(timeout=0.2)
+
+
 class CRFPool:
     """Batch CRF, image by image, in ``workers`` processes (0 or 1: in this process).
 
@@ -417,7 +438,7 @@ class CRFPool:
         """
         ex, self._ex = self._ex, None
         if ex is not None:
-            ex.shutdown(wait=True, cancel_futures=True)
+            shutdown_pool(ex)
 
     def __enter__(self) -> CRFPool:
         return self
