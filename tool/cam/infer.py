@@ -222,7 +222,7 @@ def run_checkpoint(args: Namespace) -> int:
     """Infer with the trained checkpoint ``args.weights`` at the camT :func:`select_camT`
     picks; returns how many images were written (see :func:`run`)."""
     setup_logging()  # before loading: the log names the keys a released checkpoint ignores
-    configure_threads(args.threads, args.num_workers)
+    configure_threads(args.threads)
     if args.allow_pickle:
         allow_unsafe_pickle()
     if no_weights(args.weights):

@@ -619,7 +619,7 @@ def run_stage(args: Any, out: Path, preflight: Callable[[], str],
     ``markers`` / ``outputs`` as :func:`~tool.common.runfolder.claim_run_folder`), then
     ``build_stage(device, stack)`` (``stack`` holds resources such as worker pools for the
     run's length) trained by the :class:`Engine`. Returns the stage and its final state."""
-    configure_threads(args.threads, args.num_workers)
+    configure_threads(args.threads)
     if args.allow_pickle:
         allow_unsafe_pickle()
     device = local_device(resolve_device(args.device))

@@ -88,23 +88,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads(threads: int, loader_workers: int = 0) -> int:
+def configure_threads(threads: int) -> int:
     """Set torch's intra-op threads (and OpenCV's) for this process; returns the count.
 
-    ``threads`` > 0 is used as given. 0 (auto) sizes them together with everything else that
-    runs at the same time on this machine's cores: the cores are shared by the torchrun
-    processes of this machine (LOCAL_WORLD_SIZE), and within a process the DataLoader workers
-    compute while the network does, so each takes a core. (CRF workers run while the process
-    waits for them, so they do not count.) An ``OMP_NUM_THREADS`` set by the user wins over
-    auto. Oversubscribed OpenMP threads spin on each other: on 2 cores, 2 torch threads beside
-    a loader worker made a toy epoch several times slower than 1 thread (README, Threads).
+    ``threads`` > 0 is used as given. 0 (auto) shares the cores among the torchrun processes
+    of this machine (LOCAL_WORLD_SIZE): ``cores // local processes``, at least 1. DataLoader
+    and CRF workers are not counted: they mostly wait (a full prefetch queue, or the trainer
+    waiting for the CRF). Measured on 2 cores (README, Threads): a toy epoch with 2 threads
+    beside a loader worker took the time of 2 threads without one, and 1 thread beside it was
+    1.4-1.5x slower. An ``OMP_NUM_THREADS`` set by the user wins over auto.
     """
     if threads <= 0:
         if os.environ.get("OMP_NUM_THREADS"):
             threads = torch.get_num_threads()
         else:
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-            threads = max(1, available_cores() // local - loader_workers)
+            threads = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     return threads

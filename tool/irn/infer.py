@@ -172,7 +172,7 @@ def run(args: Namespace) -> int:
     """``infer_irn.py``: pseudo labels for every image of ``args.infer_list`` (this process's
     share under torchrun) not done yet; returns how many were written."""
     setup_logging(quiet=not is_main())
-    configure_threads(args.threads, 0)
+    configure_threads(args.threads)
     if args.allow_pickle:
         allow_unsafe_pickle()
     from tool.irn.presets import apply_preset

@@ -123,7 +123,7 @@ def run(args: Namespace) -> int:
     """``infer_seg.py``: predictions for every image of ``seg_infer_list`` (this process's
     share under torchrun) not done yet; returns how many were written."""
     setup_logging(quiet=not is_main())
-    configure_threads(args.threads, 0)
+    configure_threads(args.threads)
     device = local_device(resolve_device(args.device))
     all_names = load_img_name_list(args.seg_infer_list)
     names = shard(all_names)
