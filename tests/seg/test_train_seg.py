@@ -121,7 +121,7 @@ def test_deeplab_recipe_optimizer_and_poly():
 
     args = Namespace(seg_optimizer="sgd", seg_lr=0.01, seg_momentum=0.9, seg_wt_dec=1e-4,
                      seg_lr_policy="poly", seg_poly_power=0.9, seg_lr_factor=0.5,
-                     seg_min_lr=0.0)
+                     seg_min_lr=0.0, seg_trunk_lr_mult=1.0)
     net = SegNet("deeplabv3_resnet101", aux_loss=True)
     opt, sched = build_optimizer(args, net, steps=10)
     main, aux = opt.param_groups
@@ -142,3 +142,14 @@ def test_deeplab_recipe_optimizer_and_poly():
     sched.step(0.4)  # patience 0: the first epoch without a gain halves the lr, once
     sched.step(0.3)
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-6)
+    # a trunk at a tenth of the heads' lr: its own group and its own plateau floor
+    args.seg_lr, args.seg_min_lr, args.seg_trunk_lr_mult = 1e-3, 2.5e-4, 0.1
+    net = SegNet("toy", toy_width=0.25)
+    opt, sched = build_optimizer(args, net, steps=10)
+    heads, trunk = opt.param_groups
+    n_trunk = sum(1 for n, _ in net.named_parameters() if n.startswith("backbone."))
+    assert len(trunk["params"]) == n_trunk > 0 and trunk["lr"] == pytest.approx(1e-4)
+    assert len(heads["params"]) + n_trunk == len(list(net.parameters()))
+    for score in (0.5, 0.4, 0.3, 0.2):  # halvings down to each group's floor
+        sched.step(score)
+    assert heads["lr"] == pytest.approx(2.5e-4) and trunk["lr"] == pytest.approx(2.5e-5)

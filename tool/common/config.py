@@ -234,6 +234,7 @@ RULES: dict[str, Rule] = {
     "seg_num_epoches": integer(ge=1),
     "seg_optimizer": one_of("adam", "sgd"),
     "seg_lr": number(gt=0),
+    "seg_trunk_lr_mult": number(gt=0),
     "seg_wt_dec": number(ge=0),
     "seg_momentum": number(ge=0, lt=1),
     "seg_lr_policy": one_of("plateau", "poly"),

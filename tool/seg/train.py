@@ -78,30 +78,43 @@ def build_seg_net(args: Namespace) -> SegNet:
     return net
 
 
+def lr_groups(net: SegNet, trunk_mult: float, aux_mult: float) -> list[dict[str, Any]]:
+    """Parameter groups with their lr factors, heads (factor 1) first so that the logged lr is
+    ``seg_lr``: the trunk (``backbone.*``) at ``trunk_mult``, DeepLab's aux head at
+    ``aux_mult``. Factors of 1 merge into one group (MuSCLe's single group)."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in net.named_parameters():
+        if ".aux_classifier." in f".{name}":
+            factor = aux_mult
+        else:
+            factor = trunk_mult if name.startswith("backbone.") else 1.0
+        groups.setdefault(float(factor), []).append(p)
+    order = sorted(groups, key=lambda f: (f != 1.0, f))
+    return [{"params": groups[f], "lr_factor": f} for f in order]
+
+
 def build_optimizer(args: Namespace, net: SegNet, steps: int
                     ) -> tuple[torch.optim.Optimizer, Any]:
     """(optimizer, scheduler) of METHOD.md 14.5.1 (adam, plateau) or 14.7.2 (sgd, poly);
-    ``steps``: iterations of the whole run (poly)."""
+    ``steps``: iterations of the whole run (poly). ``seg_trunk_lr_mult`` scales the trunk's
+    lr (1 = as released), the aux head learns at 10x (torchvision's reference recipe)."""
+    groups = lr_groups(net, args.seg_trunk_lr_mult, 10.0)
+    for g in groups:
+        g["lr"] = args.seg_lr * g["lr_factor"]
     if args.seg_optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=args.seg_lr,
+        opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=args.seg_lr,
                                                       weight_decay=args.seg_wt_dec)
     else:
-        aux = [p for n, p in net.named_parameters() if ".aux_classifier." in f".{n}"]
-        ids = {id(p) for p in aux}
-        main = [p for p in net.parameters() if id(p) not in ids]
-        groups = [{"params": main, "lr": args.seg_lr}]
-        if aux:  # the aux head learns at 10x (torchvision's reference recipe)
-            groups.append({"params": aux, "lr": 10 * args.seg_lr})
         opt = torch.optim.SGD(groups, lr=args.seg_lr, momentum=args.seg_momentum,
                               weight_decay=args.seg_wt_dec)
     if args.seg_lr_policy == "poly":
         total, power = max(steps, 1), args.seg_poly_power
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda it: max(1 - it / total, 0.0) ** power)
-    else:
+    else:  # each group's floor scales with its lr, so a low trunk lr is never raised to it
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", factor=args.seg_lr_factor, patience=0, cooldown=0,
-            min_lr=args.seg_min_lr)
+            min_lr=[args.seg_min_lr * g["lr_factor"] for g in groups])
     return opt, sched
 
 
