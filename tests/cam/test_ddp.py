@@ -30,7 +30,7 @@ def run(*cmd: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
     cmd = list(map(str, cmd))
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, **popen)
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

@@ -153,3 +153,25 @@ def test_deeplab_recipe_optimizer_and_poly():
     for score in (0.5, 0.4, 0.3, 0.2):  # halvings down to each group's floor
         sched.step(score)
     assert heads["lr"] == pytest.approx(2.5e-4) and trunk["lr"] == pytest.approx(2.5e-5)
+
+
+def test_torchrun_two_processes_validate_as_one(tiny_config, labels, tmp_path):
+    """2 Gloo processes (BEACON on, each rank its own sampling stream): the epoch trains, and
+    the distributed validation (each rank its share, confusions summed) equals one process
+    validating the saved weights."""
+    from tests.cam.test_ddp import torchrun
+    from tool.common.config import resolve_config
+    from tool.seg.train import build_seg_net, validate
+
+    more = ("--lamb", "1.0", "--seg_batch_size", "2")
+    torchrun("train_seg.py", *argv(tiny_config, labels, tmp_path, "soft", *more))
+    run = tmp_path / "seg"
+    assert "x 2 process" in (run / "train.log").read_text()
+    rows = metrics(run / "metrics.csv")
+    assert len(rows) == 1 and float(rows[0]["loss_beacon"]) != 0
+    args = resolve_config(tiny_config, ["run", "data", "seg"], {"seg_session": str(run)})
+    net = build_seg_net(args)
+    net.load_state_dict(load_checkpoint(run / "last.ckpt")["model"])
+    miou, _ = validate(net, load_img_name_list(args.seg_val_list), args.voc12_root, args.gt,
+                       torch.device("cpu"))
+    assert float(rows[0]["val_miou"]) == pytest.approx(miou, abs=1e-3)
