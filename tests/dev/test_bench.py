@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tool.common.errors import UserError
 from tool.dev import bench, bench_eval, bench_refine, model_memory
-from tool.dev.bench_crf import bench_crf
+from tool.dev.bench_crf import CLASS_COUNT_P, bench_crf, make_batch
 
 
 def test_bench_eval_section_runs_and_curves_agree(tmp_path, capsys):
@@ -28,10 +29,27 @@ def test_bench_eval_section_runs_and_curves_agree(tmp_path, capsys):
         bench.main(["--only", "eval,nope"])
 
 
-def test_bench_crf_smoke():
-    res = bench_crf(batch=2, size=48, workers=0, repeats=1, layout="train")
+@pytest.mark.parametrize("source", ["toy", "photo", "smooth"])
+def test_bench_crf_smoke(source, toy_voc):
+    """Every image source at 48 px; the pool's labels are checked against in-process inside."""
+    res = bench_crf(batch=2, size=48, workers=(2,), repeats=1, layout="train", source=source,
+                    voc12_root=toy_voc)
     assert res["maps"] == 4 and res["merge"]["agreement"] == 1.0
-    assert res["drop"]["agreement"] >= 0.95 and res["merge"]["speedup"] > 0  # 48-px smoke test
+    assert res["drop"]["agreement"] >= 0.95 and res["merge"]["pool"][2]["speedup"] > 0
+    assert all(2 <= n <= 1 + len(CLASS_COUNT_P) for n in res["labels_per_map"])
+
+
+def test_bench_crf_batches_are_realistic(toy_voc):
+    """Toy images keep classes their masks have; partners repeat the own images."""
+    images, maps, presents = make_batch("toy", 3, 40, seed=1, layout="train", voc12_root=toy_voc)
+    assert images.shape == (6, 40, 40, 3) and maps.shape == (6, 21, 40, 40)
+    assert maps.dtype == np.float16 and {im.tobytes() for im in images[3:]} <= {
+        im.tobytes() for im in images[:3]}
+    for m, p in zip(maps, presents):
+        absent = np.setdiff1d(np.arange(1, 21), p)
+        assert len(p) >= 1 and not m[absent].any() and m[p].any()  # only present classes
+    with pytest.raises(ValueError, match="unknown image source"):
+        make_batch("nope", 1, 8)
 
 
 def test_bench_refine_smoke(tmp_path, capsys):
