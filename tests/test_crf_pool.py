@@ -101,3 +101,45 @@ def test_dead_worker_is_a_clear_error(victim):
             for _ in range(50):
                 pool.map(images, maps)
     assert not any(w.is_alive() for w in workers)
+
+
+def _crf_batch(n_images: int = 3, size: int = 24) -> tuple[np.ndarray, np.ndarray, list]:
+    """Own + partner maps over ``n_images`` images (each image twice, as in training), three
+    label sets of different sizes: jobs of different lengths."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (n_images, size, size, 3), dtype=np.uint8)
+    maps = rng.random((2 * n_images, 21, size, size)).astype(np.float16)
+    presents = [[1], [2, 3, 4], [5, 6]] * 2
+    return np.concatenate([images, images]), maps, presents[:2 * n_images]
+
+
+def test_map_async_is_map_with_the_same_job_order():
+    from tool.crf import CRFParams
+
+    images, maps, presents = _crf_batch()
+    params = CRFParams(reduced=True)
+    want = CRFPool(0).map(images, maps, presents, params)
+    assert np.array_equal(CRFPool(0).map_async(images, maps, presents, params).result(), want)
+    assert np.array_equal(CRFPool(1).map_async(images, maps, presents, params).result(), want)
+    with CRFPool(2) as pool:
+        sent = []
+        submit = pool._ex.submit
+        pool._ex.submit = lambda fn, *job: sent.append(job[1].shape) or submit(fn, *job)
+        batch = pool.map_async(images, maps, presents, params)
+        got = batch.result()
+        assert batch.done() and batch.result() is got
+    assert np.array_equal(got, want) and got.dtype == np.uint8
+    # one job per image (own + partner maps, the kept channels), longest (most labels) first
+    assert sent == [(2, 4, 24, 24), (2, 3, 24, 24), (2, 2, 24, 24)]
+
+
+def test_dead_worker_is_a_clear_error_in_map_async_too():
+    images, maps, _ = _crf_batch()
+    with CRFPool(2) as pool:
+        pool.warmup()
+        workers = list(pool._ex._processes.values())
+        os.kill(workers[0].pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="CRF pool: a worker process died"):
+            for _ in range(50):  # the death shows at submission or at the result
+                pool.map_async(images, maps).result()
+    assert not any(w.is_alive() for w in workers)

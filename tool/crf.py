@@ -35,9 +35,10 @@ import sys
 import threading
 import time
 from argparse import Namespace
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,6 +354,75 @@ def shutdown_pool(ex: ProcessPoolExecutor, cancel_futures: bool = True) -> None:
         manager.join(timeout=0.2)
 
 
+def _group_jobs(images: np.ndarray, maps: np.ndarray,
+                presents: Sequence[Sequence[int] | None] | None, params: CRFParams
+                ) -> tuple[list[list[int]], list[tuple]]:
+    """``CRFPool.map``'s work: the indices of each group of maps sharing an identical image
+    and label set, and one ``_crf_group`` argument tuple per group (copies of the inputs)."""
+    groups: dict[tuple[bytes, tuple[int, ...] | None], list[int]] = {}
+    keeps: list[np.ndarray | None] = []
+    for i in range(len(images)):
+        keep = None
+        if params.reduced:
+            keep = kept_labels(None if presents is None else presents[i], maps[i])
+        keeps.append(keep)
+        key = (np.ascontiguousarray(images[i]).tobytes(), None if keep is None else tuple(keep))
+        groups.setdefault(key, []).append(i)
+    jobs = []
+    for idx in groups.values():
+        keep = keeps[idx[0]]
+        sub = maps[idx] if keep is None else maps[np.ix_(idx, keep)]  # fancy indexing: a copy
+        jobs.append((np.array(images[idx[0]], order="C"), np.ascontiguousarray(sub), keep,
+                     maps.shape[1], params))
+    return list(groups.values()), jobs
+
+
+def _done(value: np.ndarray) -> Future:
+    """A finished future holding ``value`` (a job run in this process)."""
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
+@contextmanager
+def _pool_errors(workers: int) -> Iterator[None]:
+    """A broken pool (a worker died), at submission or at a result, as one clear error."""
+    try:
+        yield
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            f"CRF pool: a worker process died (killed, e.g. out of memory?); the pool "
+            f"of {workers} workers is unusable (crf_workers: 0 runs in-process)"
+        ) from e
+
+
+class CRFBatch:
+    """A ``CRFPool.map_async`` call: its jobs, running in the pool or already done.
+
+    ``result()`` waits for every job and assembles np (N, H, W) uint8, exactly
+    ``CRFPool.map``'s return value; a dead worker is the same RuntimeError as there.
+    """
+
+    def __init__(self, groups: list[list[int]], parts: list[Future], shape: tuple[int, ...],
+                 workers: int) -> None:
+        self._groups, self._parts, self._shape, self._workers = groups, parts, shape, workers
+        self._out: np.ndarray | None = None
+
+    def done(self) -> bool:
+        """True when every job has finished (``result()`` will not wait)."""
+        return all(p.done() for p in self._parts)
+
+    def result(self) -> np.ndarray:
+        """The labels np (N, H, W) uint8, in the order of the images given (cached)."""
+        if self._out is None:
+            out = np.empty(self._shape, dtype=np.uint8)
+            with _pool_errors(self._workers):
+                for idx, part in zip(self._groups, self._parts):
+                    out[idx] = part.result()
+            self._out = out
+        return self._out
+
+
 class CRFPool:
     """Batch CRF, image by image, in ``workers`` processes (0 or 1: in this process).
 
@@ -382,42 +452,29 @@ class CRFPool:
         label set run on one CRF object (one lattice build): the training batch holds every
         image twice, once with its own map and once as a partner.
         """
+        return self.map_async(images, maps, presents, params).result()
+
+    def map_async(self, images: np.ndarray, maps: np.ndarray,
+                  presents: Sequence[Sequence[int] | None] | None = None,
+                  params: CRFParams = CRFParams()) -> CRFBatch:
+        """``map`` started, not waited for: ``.result()`` of the returned handle is exactly what
+        ``map`` returns (the same jobs, sent in the same order), so the caller can work while
+        the workers run (the overlapped training step, METHOD.md 5.4.1). With 0 or 1 workers
+        the CRF runs here, before this returns. The jobs own copies of their inputs."""
         _check_params(params)
-        reduced = params.reduced
-        groups: dict[tuple[bytes, tuple[int, ...] | None], list[int]] = {}
-        keeps: list[np.ndarray | None] = []
-        for i in range(len(images)):
-            keep = None
-            if reduced:
-                keep = kept_labels(None if presents is None else presents[i], maps[i])
-            keeps.append(keep)
-            key = (np.ascontiguousarray(images[i]).tobytes(), None if keep is None else tuple(keep))
-            groups.setdefault(key, []).append(i)
-        jobs = []
-        for idx in groups.values():
-            keep = keeps[idx[0]]
-            sub = maps[idx] if keep is None else maps[np.ix_(idx, keep)]
-            jobs.append((np.ascontiguousarray(images[idx[0]]), np.ascontiguousarray(sub), keep,
-                         maps.shape[1], params))
+        groups, jobs = _group_jobs(images, maps, presents, params)
+        shape = (len(images), *maps.shape[2:])
         if self._ex is None:
-            results = [_crf_group(*job) for job in jobs]
-        else:
-            # longest jobs first (cost ~ maps x labels), so the workers finish together
-            order = sorted(range(len(jobs)), key=lambda j: -jobs[j][1].shape[0] * (
-                jobs[j][1].shape[1] + 2))
-            try:
-                done = dict(zip(order, self._ex.map(_crf_group,
-                                                    *zip(*[jobs[j] for j in order]))))
-            except BrokenProcessPool as e:
-                raise RuntimeError(
-                    f"CRF pool: a worker process died (killed, e.g. out of memory?); the pool "
-                    f"of {self.workers} workers is unusable (crf_workers: 0 runs in-process)"
-                ) from e
-            results = [done[j] for j in range(len(jobs))]
-        out = np.empty((len(images), *maps.shape[2:]), dtype=np.uint8)
-        for idx, res in zip(groups.values(), results):
-            out[idx] = res
-        return out
+            return CRFBatch(groups, [_done(_crf_group(*job)) for job in jobs], shape,
+                            self.workers)
+        # longest jobs first (cost ~ maps x labels), so the workers finish together
+        order = sorted(range(len(jobs)), key=lambda j: -jobs[j][1].shape[0] * (
+            jobs[j][1].shape[1] + 2))
+        futures: dict[int, Future] = {}
+        with _pool_errors(self.workers):
+            for j in order:
+                futures[j] = self._ex.submit(_crf_group, *jobs[j])
+        return CRFBatch(groups, [futures[j] for j in range(len(jobs))], shape, self.workers)
 
     def warmup(self, size: int = 16) -> None:
         """Start every worker and import the CRF there, so timing excludes process start-up."""

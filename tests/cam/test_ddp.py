@@ -45,7 +45,10 @@ def worker(task: str, cfg: Path, out: Path, *extra: str) -> None:
 
 
 def test_ddp_ranks_keep_identical_parameters(tiny_config, tmp_path):
-    worker("steps", tiny_config, tmp_path, "--batch_size", "2")
+    """... also with the overlapped step (METHOD.md 5.4.1): the main loss's gradients,
+    accumulated under no_sync(), are all-reduced with the mix loss's (each rank has its own
+    data here, so a gradient left out of the all-reduce would make the ranks differ)."""
+    worker("steps", tiny_config, tmp_path, "--batch_size", "2", "--crf_overlap", "true")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert len(r0["losses"]) == len(r1["losses"]) == 6  # 2 epochs x 3 iterations per rank
     assert "loss_emd" in r0["losses"][-1] and "loss_mixseg" in r0["losses"][0]

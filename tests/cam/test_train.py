@@ -52,6 +52,25 @@ def test_plmix_off_gives_zero_mix_columns(tiny_config, tmp_path):
     assert all(float(row[c]) == 0.0 for c in ("loss_mixseg", "loss_dice", "loss_iou", "loss_sc"))
 
 
+def test_overlapped_crf_run_equals_the_plain_one(tiny_config, tmp_path):
+    """crf_overlap (METHOD.md 5.4.1), here with a real pool of 2 CRF workers: one tiny epoch
+    with the mix branch (3 iterations) gives the plain run's metrics up to float rounding."""
+    rows = []
+    for overlap, workers in (("false", "0"), ("true", "2")):
+        _train(tiny_config, "--session_name", str(tmp_path / overlap), "--max_epoches", "1",
+               "--crf_overlap", overlap, "--crf_workers", workers)
+        rows += rows_without_time(tmp_path / overlap / "metrics.csv")
+    plain, overlapped = rows
+    assert float(plain["loss_mixseg"]) > 0 and plain.keys() == overlapped.keys()
+    for key, value in plain.items():
+        if value == "" or key == "epoch":
+            assert overlapped[key] == value, key
+        else:
+            assert float(overlapped[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), key
+    assert "the CRF pseudo labels overlap the main loss's backward" in (
+        tmp_path / "true" / "train.log").read_text()
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "train_mcl.py", *args], cwd=ROOT,
                           capture_output=True, text=True)

@@ -71,6 +71,8 @@ BAD_YAML = [
     ("plmix", "crf", "maybe", "expected a boolean (True/False/1/0/yes/no), got 'maybe'"),
     ("plmix", "crf_absent", "keep", "expected one of merge, drop, got 'keep'"),
     ("plmix", "crf_workers", "-1", "must be >= 0, got -1"),
+    ("plmix", "crf_overlap", "maybe", "expected one of auto, true, false, got 'maybe'"),
+    ("plmix", "crf_overlap", "2", "expected one of auto, true, false, got 2"),
     ("plmix", "crf_iters", "0", "must be >= 1, got 0"),
     ("eval", "val_t_range", '"0.5:0.2:0.02"',
      "expected 0 <= START < STOP and STEP > 0, got '0.5:0.2:0.02'"),
@@ -133,6 +135,7 @@ def test_lossless_yaml_spellings_are_converted(tmp_path):
     path = _child(tmp_path, "run:\n  session_name: 2024\n  weights: None\n"
                             "train:\n  lr: 1e-4\n  min_lr: 0\n  max_epoches: 2.0\n  MaxmIou: 50\n"
                             "plmix:\n  crf: 0\n  plmix: 'False'\n  Random_order: yes\n"
+                            "  crf_overlap: true\n"
                             "data:\n  resize_long: '96,128'\n"
                             "eval:\n  val_scales: [1]\n")
     cfg = load_config(path)
@@ -141,6 +144,7 @@ def test_lossless_yaml_spellings_are_converted(tmp_path):
     assert cfg["train"]["max_epoches"] == 2 and type(cfg["train"]["max_epoches"]) is int
     assert cfg["plmix"]["crf"] is False and cfg["plmix"]["plmix"] is False
     assert cfg["plmix"]["Random_order"] is True
+    assert cfg["plmix"]["crf_overlap"] == "true"  # auto | true | false: booleans as the words
     assert cfg["run"]["session_name"] == "2024" and cfg["run"]["weights"] is None
     assert cfg["data"]["resize_long"] == [96, 128]
     assert cfg["eval"]["val_scales"] == [1.0] and type(cfg["eval"]["val_scales"][0]) is float
@@ -149,6 +153,10 @@ def test_lossless_yaml_spellings_are_converted(tmp_path):
                              ALL, "t", CONFIG_DIR / "toy.yaml")
     assert args.lr == 0.001 and type(args.lr) is float
     assert args.max_epoches == 3 and type(args.max_epoches) is int
+    for flag, want in (("False", "false"), ("yes", "true"), ("1", "true"), ("auto", "auto")):
+        args = parse_config_args(["--config", str(path), "--crf_overlap", flag], ALL, "t",
+                                 CONFIG_DIR / "toy.yaml")
+        assert args.crf_overlap == want, flag
 
 
 def test_every_float_key_accepts_an_integer():
@@ -179,6 +187,7 @@ def test_every_numeric_and_list_key_has_a_declared_rule():
 def test_enumerations_mirror_the_registries():
     from net.backbones import BACKBONES
     from tool.cam.losses import MIX_SEG_KINDS
+    from tool.cam.step import OVERLAP_MODES
     from tool.common.runtime import AMP_DTYPES
     from tool.crf import ABSENT_MODES
     from tool.irn.random_walk import ENGINES
@@ -188,6 +197,7 @@ def test_enumerations_mirror_the_registries():
     assert RULES["crf_absent"].choices == ABSENT_MODES
     assert set(RULES["amp_dtype"].choices) == {"auto", *AMP_DTYPES}
     assert RULES["rw_engine"].choices == ENGINES
+    assert RULES["crf_overlap"].choices == OVERLAP_MODES
 
 
 def _cli(tmp_path, *argv):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from tool.cam.camutils import cam_maxnorm
-from tool.crf import CRFParams, CRFPool
+from tool.crf import CRFBatch, CRFParams, CRFPool
 
 LABEL_INTERP = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT}
 
@@ -69,14 +69,32 @@ def crf_pseudo_labels(images: np.ndarray | torch.Tensor, maps: torch.Tensor,
     background + present classes (``tool.crf.crf_labels``).
     pool: a ``CRFPool`` reused across calls (None: in this process, one image after another).
     """
+    return start_crf_pseudo_labels(images, maps, label_bg, T, pool=pool, params=params).result()
+
+
+def start_crf_pseudo_labels(images: np.ndarray | torch.Tensor, maps: torch.Tensor,
+                            label_bg: torch.Tensor, T: float, *, pool: CRFPool | None = None,
+                            params: CRFParams = CRFParams()) -> PendingLabels:
+    """``crf_pseudo_labels`` started in ``pool`` (``CRFPool.map_async``), not waited for: the
+    handle's ``result()`` is the same (N, H, W) long tensor on ``maps.device``."""
     m16 = pseudo_label_maps(maps, label_bg, T).cpu().numpy()
     imgs = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
     imgs = np.ascontiguousarray(np.asarray(imgs, dtype=np.uint8).transpose(0, 2, 3, 1))
     present = label_bg.reshape(maps.shape[0], -1).detach().cpu().numpy()[:, 1:] > 0
     presents = [np.flatnonzero(row) + 1 for row in present]
     pool = CRFPool(0) if pool is None else pool
-    labels = pool.map(imgs, m16, presents, params)
-    return torch.from_numpy(labels).long().to(maps.device)
+    return PendingLabels(pool.map_async(imgs, m16, presents, params), maps.device)
+
+
+class PendingLabels:
+    """CRF pseudo labels being computed (``start_crf_pseudo_labels``)."""
+
+    def __init__(self, batch: CRFBatch, device: torch.device) -> None:
+        self.batch, self.device = batch, device
+
+    def result(self) -> torch.Tensor:
+        """Wait for the CRF -> labels (N, H, W) long on the maps' device."""
+        return torch.from_numpy(self.batch.result()).long().to(self.device)
 
 
 # ---- step 5: augmentation of the own pair ------------------------------------------------------

@@ -31,7 +31,7 @@ from tool.cam.build import (
 )
 from tool.cam.infer import label_from_dict
 from tool.cam.msf import msf_cams, present_dict
-from tool.cam.step import StepContext, TrainLosses, train_step
+from tool.cam.step import StepContext, TrainLosses, crf_overlap_on, train_step
 from tool.cam.validate import ValResult, validate
 from tool.cam.vis import heatmap, label_overlay
 from tool.common.dist import is_main, rank_world
@@ -104,6 +104,10 @@ class CAMStage(Stage):
         self.scaler = torch.amp.GradScaler(device.type,
                                            enabled=self.net.amp_dtype == torch.float16)
         self.module = ddp_model(TrainLosses(self.net), device, args.sync_bn)
+        if args.plmix and args.crf:
+            on = crf_overlap_on(args.crf_overlap, device)
+            log.info("PL-Mix: the CRF pseudo labels %s the main loss's backward "
+                     "(crf_overlap: %s)", "overlap" if on else "precede", args.crf_overlap)
         # the released floor (MaxmIou) applies to the GT mIoU; the GT-free mAP starts from 0
         self.initial_best = args.MaxmIou if args.select_with_gt else 0.0
         self.camT = args.camT

@@ -45,6 +45,7 @@ SEG_SECTIONS = ["run", "data", "seg"]  # stage 3 (train_seg.py, infer_seg.py)
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
 NONE_WORDS = ("", "none", "null")  # quirk Q7: these mean "not given" for an optional string
+AUTO_BOOL = ("auto", "true", "false")  # the choices of an auto-or-boolean key
 MAX_THRESHOLDS = 10000  # a threshold sweep's length limit, as tool/eval/evaluation.py's
 
 
@@ -106,6 +107,12 @@ def number(**bounds: float) -> Rule:
 
 def one_of(*choices: str) -> Rule:
     return Rule("str", choices=choices, optional=False)
+
+
+def auto_or_bool() -> Rule:
+    """``auto | true | false``: a boolean in any spelling (YAML ``true``, ``--KEY False``,
+    ``yes``, ``0``) is taken as the word ``true`` or ``false`` (:func:`check_value`)."""
+    return one_of(*AUTO_BOOL)
 
 
 def list_of(elem: Rule, *lengths: int) -> Rule:
@@ -172,6 +179,7 @@ RULES: dict[str, Rule] = {
     "camT": number(gt=0, lt=1),
     "crf_absent": one_of("merge", "drop"),
     "crf_workers": integer(ge=0),
+    "crf_overlap": auto_or_bool(),
     "crf_iters": integer(ge=1),
     "crf_unary_scale": number(gt=0, le=1),
     "crf_gauss_sxy": number(gt=0),
@@ -365,6 +373,17 @@ def _to_t_range(value: Any) -> str:
     return text
 
 
+def _bool_word(rule: Rule, value: Any) -> Any:
+    """A boolean given to an auto-or-boolean key (:func:`auto_or_bool`), as its word."""
+    if rule.choices != AUTO_BOOL:
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):  # True, False, YAML 0 / 1
+        return "true" if value else "false"
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return "true" if str2bool(value) else "false"
+    return value
+
+
 def check_value(rule: Rule, value: Any) -> Any:
     """``value`` (from YAML, a flag's text or a library caller) converted to the type of
     ``rule`` when that loses nothing, and checked against its range and choices; ValueError
@@ -383,6 +402,7 @@ def check_value(rule: Rule, value: Any) -> Any:
     if rule.kind == "t_range":
         return _to_t_range(value)
     if rule.kind == "str":
+        value = _bool_word(rule, value)
         if value is None or isinstance(value, str) and value.strip().lower() in NONE_WORDS:
             if rule.optional:
                 return None
