@@ -36,6 +36,7 @@ def test_bench_crf_smoke(source, toy_voc):
                     voc12_root=toy_voc)
     assert res["maps"] == 4 and res["merge"]["agreement"] == 1.0
     assert res["drop"]["agreement"] >= 0.95 and res["merge"]["pool"][2]["speedup"] > 0
+    assert res["merge"]["pool"][2]["machine_ceiling"] > 0
     assert all(2 <= n <= 1 + len(CLASS_COUNT_P) for n in res["labels_per_map"])
 
 

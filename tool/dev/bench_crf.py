@@ -25,7 +25,7 @@ import torch
 
 from data.voc import NUM_CLASSES, image_path, load_image, load_img_name_list, load_mask
 from tool.cam.plmix import pseudo_label_maps
-from tool.crf import CRFParams, CRFPool, crf_labels_full
+from tool.crf import CRFParams, CRFPool, crf_labels, crf_labels_full, shutdown_pool, worker_pool
 
 # How many classes an image has, as on VOC train_aug (1-6 per image, mean 1.56: METHOD.md 1.2);
 # the CRF's cost depends on it through the number of labels it keeps.
@@ -160,6 +160,27 @@ def _best_time(fn, repeats: int) -> tuple[float, float, np.ndarray]:
     return min(walls), min(cpus), out
 
 
+def concurrency_ceiling(image: np.ndarray, maps: np.ndarray, present: np.ndarray,
+                        params: CRFParams, workers: int, repeats: int) -> float:
+    """What ``workers`` cores give this machine for this CRF at best: one image's reduced CRF
+    run alone in a worker process, then the same job in all ``workers`` at once (no data
+    shared, nothing to balance); returns workers x alone / together. A pool of independent
+    jobs cannot scale beyond it (memory bandwidth and shared caches are the limit, not the
+    pool). image (H, W, 3) uint8, maps (21, H, W)."""
+    job = (image, maps, present, params)
+    ex = worker_pool(workers)
+    try:
+        def together() -> list:
+            return list(ex.map(crf_labels, *([x] * workers for x in job)))
+
+        together()  # start every worker
+        alone, _, _ = _best_time(lambda: ex.submit(crf_labels, *job).result(), repeats)
+        both, _, _ = _best_time(together, repeats)
+    finally:
+        shutdown_pool(ex)
+    return workers * alone / both
+
+
 def bench_crf(batch: int = 4, size: int = 448, workers: tuple[int, ...] = (2,),
               repeats: int = 3, layout: str = "batch",
               absents: tuple[str, ...] = ("merge", "drop"), seed: int = 0,
@@ -200,10 +221,13 @@ def bench_crf(batch: int = 4, size: int = 448, workers: tuple[int, ...] = (2,),
                 t_pool, _, lab_pool = _best_time(lambda: ours(pool), repeats)
             if not np.array_equal(lab_pool, lab):
                 raise AssertionError(f"the {w}-worker pool's labels differ from in-process")
+            ceiling = concurrency_ceiling(images[0], maps[0], presents[0],
+                                          CRFParams(reduced=True, absent=absent), w, repeats)
             r["pool"][w] = {"s": t_pool, "speedup": t_rel / t_pool,
-                            "pool_scaling": t_ser / t_pool}
-            line += (f"; {w} worker(s) {t_pool:.3f} s: {t_rel / t_pool:.2f}x the released "
-                     f"loop, {t_ser / t_pool:.2f}x in-process")
+                            "pool_scaling": t_ser / t_pool, "machine_ceiling": ceiling}
+            line += (f"; {w} workers {t_pool:.3f} s: {t_rel / t_pool:.2f}x the released "
+                     f"loop, {t_ser / t_pool:.2f}x in-process (the machine's ceiling for "
+                     f"{w} independent copies of one job: {ceiling:.2f}x)")
         res[absent] = r
         print(line)
     return res
