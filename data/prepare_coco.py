@@ -47,9 +47,10 @@ import argparse
 import contextlib
 import io
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,9 +220,11 @@ def _write_mask(job: tuple[Path, int, int, list[Ann]]) -> None:
 
 def _done(jobs: list, workers: int, progress: bool) -> Iterator[None]:
     """Run ``_write_mask`` on every job, in this process (workers <= 1) or in ``workers``
-    processes; yields once per finished mask. Pending jobs are cancelled on an exception."""
-    from tool.crf import shutdown_pool, worker_pool
+    processes; yields once per finished mask. Pending jobs are cancelled on an exception.
 
+    A plain spawn ``ProcessPoolExecutor``: ``tool.crf.worker_pool`` (workers that die with this
+    process) is above ``data`` in the package layout (tests/test_layout.py); the masks are
+    atomic either way, so a killed run loses nothing but time."""
     bar = tqdm(total=len(jobs), desc="COCO masks", disable=not progress)
     try:
         if workers <= 1 or len(jobs) <= 1:
@@ -230,7 +233,8 @@ def _done(jobs: list, workers: int, progress: bool) -> Iterator[None]:
                 bar.update()
                 yield
             return
-        ex = worker_pool(min(workers, len(jobs)))
+        ex = ProcessPoolExecutor(min(workers, len(jobs)),
+                                 mp_context=multiprocessing.get_context("spawn"))
         try:
             for fut in as_completed([ex.submit(_write_mask, job) for job in jobs]):
                 try:
@@ -242,7 +246,7 @@ def _done(jobs: list, workers: int, progress: bool) -> Iterator[None]:
                 bar.update()
                 yield
         finally:
-            shutdown_pool(ex)
+            ex.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 
@@ -330,8 +334,6 @@ def prepare_coco(coco_root: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from tool.common.runtime import setup_logging
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--coco_root", required=True, type=Path,
                    help="holds train2014/, val2014/ and annotations/")
@@ -342,7 +344,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="mask-writing processes (0 or 1: this process)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    setup_logging()
+    # tool.common.runtime.setup_logging's format, without its torch import (3 s)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        force=True)
     return prepare_coco(a.coco_root, a.out_dir, [s.strip() for s in a.splits.split(",")],
                         a.workers, not a.no_progress)
 

@@ -8,8 +8,8 @@ official ``categories``), so ``data.prepare_coco`` runs on it unchanged.
 
 What it holds, for the cases ``prepare_coco`` must handle (the first images of each split):
 
-- train 0, val 1: two overlapping instances of different categories (a large one and a smaller
-  one on it);
+- train 0, val 1: two overlapping instances of different categories (a large one, polygons of
+  several parts, and a smaller RLE one on it);
 - train 1, val 0: an image without annotations;
 - train 2: a crowd region (``iscrowd: 1``, uncompressed RLE as in the official files: counts a
   list) over part of a non-crowd instance;
@@ -48,6 +48,7 @@ SIZE_RANGE = (64, 96)
 SPECIAL = {"train": ("overlap", "empty", "crowd", "crowd_only"), "val": ("empty", "overlap")}
 POLYGON_SHAPES = tuple(k for k, layers in toy_voc.SHAPES.items() if all(v for _, v in layers))
 RLE_SHAPE_SHARE = 1 / 3
+MULTI_PART = tuple(k for k in POLYGON_SHAPES if len(toy_voc.SHAPES[k]) > 1)  # dumbbell, boat
 
 
 def _placed(shape: str, centre, size: float, angle: float) -> list[np.ndarray]:
@@ -74,14 +75,15 @@ def _rle_list(mask: np.ndarray) -> dict:
 
 
 def _instance(rng: np.random.Generator, hw: tuple[int, int], cat: int, size: float,
-              centre=None, encoding: str | None = None) -> dict:
-    """One non-crowd instance: ``{"category_id", "segmentation"}`` of a random toy VOC shape."""
+              centre=None, encoding: str | None = None, shapes: tuple[str, ...] = ()) -> dict:
+    """One non-crowd instance: ``{"category_id", "segmentation"}`` of a random toy VOC shape
+    (of ``shapes`` when given)."""
     from pycocotools import mask as mask_utils
 
     h, w = hw
     if encoding is None:
         encoding = "rle" if rng.random() < RLE_SHAPE_SHARE else "polygon"
-    shapes = POLYGON_SHAPES if encoding == "polygon" else tuple(toy_voc.SHAPES)
+    shapes = shapes or (POLYGON_SHAPES if encoding == "polygon" else tuple(toy_voc.SHAPES))
     shape = shapes[int(rng.integers(len(shapes)))]
     if centre is None:
         centre = rng.uniform((size / 2, size / 2), (w - size / 2, h - size / 2))
@@ -112,8 +114,8 @@ def _objects(rng: np.random.Generator, hw: tuple[int, int], kind: str) -> list[d
     short, centre = min(hw), np.array([hw[1], hw[0]]) / 2
     if kind == "empty":
         return []
-    if kind == "overlap":  # the small one on the large one, one of them an RLE
-        return [_instance(rng, hw, cats[0], 0.75 * short, centre, "polygon"),
+    if kind == "overlap":  # the small one (an RLE) on the large one (polygons of several parts)
+        return [_instance(rng, hw, cats[0], 0.75 * short, centre, "polygon", MULTI_PART),
                 _instance(rng, hw, cats[1], 0.35 * short, centre + rng.uniform(-4, 4, 2),
                           "rle")]
     if kind == "crowd":
