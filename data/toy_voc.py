@@ -61,8 +61,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -95,6 +96,7 @@ SIZE_RANGE = (120, 220)
 SPOKES = 16
 _CENTRED = frozenset({"rings", "spokes"})  # textures with a centre, kept near the object's
 _K3 = np.ones((3, 3), np.uint8)
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- shapes (unit box, y down)
@@ -505,6 +507,23 @@ def _write_all(root: Path, seed: int, n_train_aug: int, n_train: int, n_val: int
     return {"lists": lists, "cls": cls}
 
 
+def build_folder(out: Path, fill: Callable[[Path], T]) -> T:
+    """``fill(out)`` when ``out`` exists (its files are overwritten in place); else ``fill`` a
+    temporary folder next to it, renamed to ``out`` at the end, so an interrupted run never
+    leaves a folder that looks finished. Returns what ``fill`` returns."""
+    if out.exists():
+        return fill(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        res = fill(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
 def generate(out_dir: str | os.PathLike, seed: int = 0, n_train_aug: int = 300,
              n_train: int = 60, n_val: int = 60) -> dict:
     """Write the toy VOC set to ``out_dir`` and return a summary dict.
@@ -514,17 +533,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, n_train_aug: int = 300,
     overwritten in place."""
     _check_args(seed, {"n_train_aug": n_train_aug, "n_train": n_train, "n_val": n_val})
     t0, out = time.perf_counter(), Path(out_dir)
-    if out.exists():
-        res = _write_all(out, seed, n_train_aug, n_train, n_val)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            res = _write_all(tmp, seed, n_train_aug, n_train, n_val)
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    res = build_folder(out, lambda root: _write_all(root, seed, n_train_aug, n_train, n_val))
     labels = np.stack(list(res["cls"].values()))
     freq = {CLASS_NAMES[k]: int(labels[:, k].sum()) for k in np.flatnonzero(labels.sum(0))}
     split_min = {k: int(np.stack([res["cls"][n] for n in v]).sum(0).min())

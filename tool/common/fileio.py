@@ -76,3 +76,24 @@ def save_npy_dict(path: str | os.PathLike, d: dict) -> None:
 
 def save_text(path: str | os.PathLike, text: str) -> None:
     atomic_save(path, lambda f: f.write(text.encode()))
+
+
+def atomic_symlink(target: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make ``path`` a symbolic link to ``target``: made under a temporary name next to it
+    (``TEMP_NAME``'s form) and renamed into place, replacing what was there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()[:8]}.tmp"
+        try:
+            os.symlink(target, tmp)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name next to {path}")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
