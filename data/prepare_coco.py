@@ -47,10 +47,9 @@ import argparse
 import contextlib
 import io
 import logging
-import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from data.prepare_voc import check_present
 from data.voc import save_label_png
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import atomic_save, atomic_symlink
+from tool.common.workers import shutdown_pool, worker_pool
 
 log = logging.getLogger("plmix")
 SPLITS = ("train", "val")
@@ -222,9 +222,8 @@ def _done(jobs: list, workers: int, progress: bool) -> Iterator[None]:
     """Run ``_write_mask`` on every job, in this process (workers <= 1) or in ``workers``
     processes; yields once per finished mask. Pending jobs are cancelled on an exception.
 
-    A plain spawn ``ProcessPoolExecutor``: ``tool.crf.worker_pool`` (workers that die with this
-    process) is above ``data`` in the package layout (tests/test_layout.py); the masks are
-    atomic either way, so a killed run loses nothing but time."""
+    The workers (``tool.common.workers``) die with this process, even by SIGKILL; the masks are
+    atomic, so a killed run loses nothing but time."""
     bar = tqdm(total=len(jobs), desc="COCO masks", disable=not progress)
     try:
         if workers <= 1 or len(jobs) <= 1:
@@ -233,8 +232,7 @@ def _done(jobs: list, workers: int, progress: bool) -> Iterator[None]:
                 bar.update()
                 yield
             return
-        ex = ProcessPoolExecutor(min(workers, len(jobs)),
-                                 mp_context=multiprocessing.get_context("spawn"))
+        ex = worker_pool(min(workers, len(jobs)))
         try:
             for fut in as_completed([ex.submit(_write_mask, job) for job in jobs]):
                 try:
@@ -246,7 +244,7 @@ def _done(jobs: list, workers: int, progress: bool) -> Iterator[None]:
                 bar.update()
                 yield
         finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+            shutdown_pool(ex)
     finally:
         bar.close()
 

@@ -25,7 +25,8 @@ import torch
 
 from data.voc import NUM_CLASSES, image_path, load_image, load_img_name_list, load_mask
 from tool.cam.plmix import pseudo_label_maps
-from tool.crf import CRFParams, CRFPool, crf_labels, crf_labels_full, shutdown_pool, worker_pool
+from tool.common.workers import shutdown_pool, worker_pool
+from tool.crf import CRFParams, CRFPool, crf_labels, crf_labels_full
 
 # How many classes an image has, as on VOC train_aug (1-6 per image, mean 1.56: METHOD.md 1.2);
 # the CRF's cost depends on it through the number of labels it keeps.

@@ -26,7 +26,7 @@ from data.voc import image_path, load_image, save_label_png
 from tool.common.errors import UserError
 from tool.common.preflight import Problems, check_output_folder
 from tool.common.provenance import differences, read_provenance, write_provenance
-from tool.crf import shutdown_pool, worker_pool
+from tool.common.workers import shutdown_pool, worker_pool
 from tool.eval.evaluation import load_cam_dict
 from tool.irn.ir_labels import IRCRFParams, cam_to_ir_label
 
