@@ -62,6 +62,7 @@ from data.prepare_voc import check_present
 from data.voc import save_label_png
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import atomic_save, atomic_symlink
+from tool.common.logs import setup_logging
 from tool.common.workers import shutdown_pool, worker_pool
 
 log = logging.getLogger("plmix")
@@ -342,9 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="mask-writing processes (0 or 1: this process)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    # tool.common.runtime.setup_logging's format, without its torch import (3 s)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    setup_logging()
     return prepare_coco(a.coco_root, a.out_dir, [s.strip() for s in a.splits.split(",")],
                         a.workers, not a.no_progress)
 

@@ -30,7 +30,7 @@ from tool.common.dist import (
 )
 from tool.common.engine import Engine, EngineConfig, EpochResult, Stage
 from tool.common.errors import cli_main
-from tool.common.runtime import setup_logging
+from tool.common.logs import setup_logging
 
 
 class NoisyPoints(Dataset):

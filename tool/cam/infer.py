@@ -38,6 +38,7 @@ from tool.common.checkpoint import allow_unsafe_pickle
 from tool.common.dist import local_device, rank_world, shard
 from tool.common.errors import UserError
 from tool.common.fileio import save_npy_dict
+from tool.common.logs import setup_logging
 from tool.common.preflight import Problems, check_output_folder
 from tool.common.provenance import (
     file_sha256,
@@ -45,7 +46,7 @@ from tool.common.provenance import (
     remove_outputs,
     write_provenance,
 )
-from tool.common.runtime import configure_threads, resolve_device, setup_logging
+from tool.common.runtime import configure_threads, resolve_device
 from tool.crf import CRFParams, crf_labels
 
 log = logging.getLogger("plmix")

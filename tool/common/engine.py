@@ -52,6 +52,7 @@ from tool.common.dist import (
     rank_world,
 )
 from tool.common.errors import TrainingStopped, UserError
+from tool.common.logs import setup_logging
 from tool.common.metrics import write_metrics
 from tool.common.preflight import PreflightError, reported_write
 from tool.common.runfolder import claim_run_folder
@@ -61,7 +62,6 @@ from tool.common.runtime import (
     resolve_device,
     seed_everything,
     set_rng_state,
-    setup_logging,
 )
 
 log = logging.getLogger("plmix")

@@ -1,12 +1,10 @@
-"""Run-time plumbing shared by the entry points: device and precision choice, seeding,
-logging."""
+"""Run-time plumbing shared by the entry points: device and precision choice, threads, seeding
+(the log format: ``tool.common.logs``)."""
 from __future__ import annotations
 
 import logging
 import os
 import random
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -125,16 +123,3 @@ def amp_dtype(enabled: bool, name: str, device: torch.device) -> torch.dtype | N
     if name not in AMP_DTYPES:
         raise UserError(f"--amp_dtype {name!r}: expected auto, bf16 or fp16")
     return AMP_DTYPES[name]
-
-
-def setup_logging(logfile: str | Path | None = None, quiet: bool = False) -> None:
-    """Log to stderr and, when given, to ``logfile`` (appended; created at the first line
-    logged, so a run refused before it logs anything leaves no file). ``quiet`` (the non-zero
-    ranks of a DDP run) keeps warnings and errors only."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if logfile is not None:
-        Path(logfile).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(logfile, delay=True))
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        handlers=handlers, force=True)

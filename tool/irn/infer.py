@@ -30,13 +30,14 @@ from net.weights import read_state_dict
 from tool.common.checkpoint import allow_unsafe_pickle
 from tool.common.dist import is_main, local_device, rank_world, shard
 from tool.common.fileio import atomic_save
+from tool.common.logs import setup_logging
 from tool.common.preflight import Problems, check_output_folder
 from tool.common.provenance import (
     file_sha256,
     prepare_output_folders,
     recorded_differences,
 )
-from tool.common.runtime import configure_threads, resolve_device, setup_logging
+from tool.common.runtime import configure_threads, resolve_device
 from tool.eval.evaluation import check_cam_dict, load_cam_dict
 from tool.irn.random_walk import refine_cams, resolve_engine
 

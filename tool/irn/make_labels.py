@@ -303,7 +303,7 @@ def make_from_args(args: Any) -> int:
 def run(args: Any) -> int:
     """``make_ir_labels.py``: :func:`make_from_args` after the preset (``args.irn_preset``)
     and ``--overwrite`` (``args.overwrite``). Returns how many PNGs were written."""
-    from tool.common.runtime import setup_logging
+    from tool.common.logs import setup_logging
     from tool.irn.presets import apply_preset
 
     setup_logging()

@@ -21,13 +21,14 @@ from tqdm import tqdm
 
 from data.voc import image_path, load_img_name_list, save_label_png
 from tool.common.dist import is_main, local_device, rank_world, shard
+from tool.common.logs import setup_logging
 from tool.common.preflight import Problems, check_output_folder
 from tool.common.provenance import (
     file_sha256,
     prepare_output_folders,
     recorded_differences,
 )
-from tool.common.runtime import configure_threads, resolve_device, setup_logging
+from tool.common.runtime import configure_threads, resolve_device
 from tool.seg.msf import (
     CRF_PARAMS,
     crf_refine,
