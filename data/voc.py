@@ -83,17 +83,18 @@ def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return d
 
 
-def label_problem(label: object) -> str | None:
+def label_problem(label: object, num_fg: int = NUM_FG) -> str | None:
     """What is wrong with one ``cls_labels`` entry (None: a multi-hot vector, METHOD.md 1.2):
-    not numeric, not 20 values, NaN, or values other than 0 and 1."""
+    not numeric, not ``num_fg`` values (20 on VOC, 80 on COCO), NaN, or values other than 0
+    and 1."""
     try:
         arr = np.asarray(label)
     except Exception:  # noqa: BLE001 - any object numpy cannot take is a bad entry
         return f"a {type(label).__name__}, not a vector"
     if arr.dtype.kind not in "biuf":
         return f"dtype {arr.dtype}, expected numbers"
-    if arr.shape != (NUM_FG,):
-        return f"shape {arr.shape}, expected ({NUM_FG},)"
+    if arr.shape != (num_fg,):
+        return f"shape {arr.shape}, expected ({num_fg},)"
     if arr.dtype.kind == "f" and np.isnan(arr).any():
         return "holds NaN"
     if not np.isin(arr, (0, 1)).all():
@@ -101,14 +102,15 @@ def label_problem(label: object) -> str | None:
     return None
 
 
-def lookup_labels(cls_labels: dict, names: list[str], where: str = "cls_labels.npy") -> np.ndarray:
-    """Stack the (20,) labels of ``names`` into an (N, 20) float32 array; an absent name or a
-    bad vector (:func:`label_problem`) -> error."""
-    out = np.zeros((len(names), NUM_FG), np.float32)
+def lookup_labels(cls_labels: dict, names: list[str], where: str = "cls_labels.npy",
+                  num_fg: int = NUM_FG) -> np.ndarray:
+    """Stack the (num_fg,) labels of ``names`` into an (N, num_fg) float32 array; an absent
+    name or a bad vector (:func:`label_problem`) -> error."""
+    out = np.zeros((len(names), num_fg), np.float32)
     for i, n in enumerate(names):
         if n not in cls_labels:
             raise UserError(f"image {n} has no entry in {where}")
-        bad = label_problem(cls_labels[n])
+        bad = label_problem(cls_labels[n], num_fg)
         if bad is not None:
             raise UserError(f"the label of {n} in {where} is bad: {bad}")
         out[i] = np.asarray(cls_labels[n], np.float32)
@@ -145,7 +147,8 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
 
 def save_label_png(label: np.ndarray, path: str | os.PathLike, palette: bool = True) -> None:
     """Write an (H, W) uint8 label map as a VOC-palette PNG (``palette``) or as a grey ('L')
-    PNG of the same indices (IRN's and MuSCLe's files), atomically."""
+    PNG of the same indices (IRN's and MuSCLe's files), atomically. COCO's labels 0..80 use
+    the same palette (data/coco.py: its 256 colours are distinct)."""
     from tool.common.fileio import atomic_save
 
     im = Image.fromarray(np.asarray(label, np.uint8), mode="P" if palette else "L")

@@ -185,6 +185,7 @@ def test_every_numeric_and_list_key_has_a_declared_rule():
 
 
 def test_enumerations_mirror_the_registries():
+    from data.description import DESCRIPTIONS
     from net.backbones import BACKBONES
     from tool.cam.losses import MIX_SEG_KINDS
     from tool.cam.step import OVERLAP_MODES
@@ -198,6 +199,7 @@ def test_enumerations_mirror_the_registries():
     assert set(RULES["amp_dtype"].choices) == {"auto", *AMP_DTYPES}
     assert RULES["rw_engine"].choices == ENGINES
     assert RULES["crf_overlap"].choices == OVERLAP_MODES
+    assert set(RULES["num_classes"].choices) == set(DESCRIPTIONS)
 
 
 def _cli(tmp_path, *argv):

@@ -134,6 +134,7 @@ RULES: dict[str, Rule] = {
     "amp_dtype": one_of("auto", "bf16", "fp16"),
     # data
     "voc12_root": TEXT,
+    "num_classes": Rule("int", choices=(21, 81)),  # data.description.DESCRIPTIONS
     "crop_size": integer(gt=0),
     "view_size": integer(gt=0),
     "resize_long": list_of(integer(gt=0), 2),
