@@ -8,6 +8,12 @@ layout the VOC tools read (pass ``--out_dir`` where they take ``voc12_root``):
 
 - ``ImageSets/Segmentation/{train,val}.txt``: image names (the file name without ``.jpg``,
   ``COCO_train2014_000000000009``), sorted;
+- ``ImageSets/Segmentation/{train,val}_sub.txt``: fixed samples of those lists (1,464 train and
+  1,449 val images: the sizes of VOC's seg train and val), sorted, for the per-epoch
+  validation of stages 1 and 3, which would take hours over 82,081 or 40,137 images
+  (``configs/coco14_effb3.yaml``; our choice: the release has no COCO run). The sample is
+  ``numpy.random.default_rng(0)``'s choice without replacement from the sorted list: the
+  same files on every machine;
 - ``cls_labels.npy``: {name: float32 (80,) multi-hot} over the categories in sorted id order
   (:mod:`data.coco`), from the non-crowd annotations, for the listed images of every split of
   this run (run both splits at once, the default, for one file covering both);
@@ -67,6 +73,7 @@ from tool.common.workers import shutdown_pool, worker_pool
 
 log = logging.getLogger("plmix")
 SPLITS = ("train", "val")
+SUBSET_SIZES = {"train": 1464, "val": 1449}  # <split>_sub.txt: VOC's seg train / val sizes
 SEG = Path("ImageSets") / "Segmentation"
 
 # One annotation as the mask writer needs it: (annotation id, label 1..80, iscrowd, segmentation)
@@ -279,6 +286,13 @@ def _check_counts(split: str, in_file: int, listed: int) -> None:
                     FILE_COUNTS[split], STANDARD_COUNTS[split])
 
 
+def subset(names: Sequence[str], split: str) -> list[str]:
+    """The fixed sample of a sorted list for ``<split>_sub.txt`` (module docstring)."""
+    k = min(SUBSET_SIZES[split], len(names))
+    pick = np.random.default_rng(0).choice(len(names), size=k, replace=False)
+    return [names[i] for i in sorted(pick)]
+
+
 def prepare_coco(coco_root: str | os.PathLike, out_dir: str | os.PathLike,
                  splits: Sequence[str] = SPLITS, workers: int = 0,
                  progress: bool = True) -> dict:
@@ -323,8 +337,10 @@ def prepare_coco(coco_root: str | os.PathLike, out_dir: str | os.PathLike,
     np.save(buf, {r.name: r.cls_label() for r in every})
     written = [_save_if_changed(out / "cls_labels.npy", buf.getvalue())]
     for s in splits:
-        text = "".join(f"{n}\n" for n in sorted(r.name for r in listed[s]))
-        written.append(_save_if_changed(out / SEG / f"{s}.txt", text.encode()))
+        names = sorted(r.name for r in listed[s])
+        for file, chosen in ((f"{s}.txt", names), (f"{s}_sub.txt", subset(names, s))):
+            text = "".join(f"{n}\n" for n in chosen)
+            written.append(_save_if_changed(out / SEG / file, text.encode()))
     summary["files_written"] = sum(written)
     log.info("wrote %s: %d masks (%d new), %d JPEG links (%d new), cls_labels.npy and %s lists "
              "(%d files changed)", out, len(every), summary["masks_written"], len(every),

@@ -115,6 +115,8 @@ def test_lists_labels_masks_match_the_json(toy: Path, prepared):
         exp = expected(load_coco(toy, split))
         listed = sorted(n for n, (m, _) in exp.items() if m is not None)
         assert load_img_name_list(out / SEG / f"{split}.txt") == listed
+        # the toy lists are shorter than the samples' sizes: the samples are the whole lists
+        assert load_img_name_list(out / SEG / f"{split}_sub.txt") == listed
         assert summary[split] == {"images": len(exp), "listed": len(listed),
                                   "left_out": len(exp) - len(listed),
                                   "no_annotation": summary[split]["no_annotation"]}
@@ -237,3 +239,14 @@ def test_cli_error_line(toy: Path, tmp_path: Path):
         f"error: cannot parse {ann_file(root, 'train')}: "
         "Expecting value: line 1 column 13 (char 12)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_subset_is_a_fixed_sorted_sample():
+    from data.prepare_coco import SUBSET_SIZES, subset
+
+    names = [f"n{i:05d}" for i in range(3000)]
+    sub = subset(names, "train")
+    assert len(sub) == SUBSET_SIZES["train"] == 1464 and len(set(sub)) == 1464
+    assert sub == sorted(sub) and set(sub) <= set(names) and sub == subset(names, "train")
+    assert sub[:3] != names[:3]  # a sample, not the head of the list
+
