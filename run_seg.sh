@@ -13,7 +13,7 @@ NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per 
 
 source tool/launcher.sh          # RUN: "$PY", or torchrun when NPROC > 1
 eval "$("$PY" -m tool.common.config --config "$CONFIG" "$@" --get session_name voc12_root \
-    train_list seg_infer_list gt mask_type out_seg device threads allow_pickle)"
+    train_list seg_infer_list gt mask_type out_seg device threads allow_pickle num_classes)"
 CAM_TRAIN=${CAM_TRAIN:-$SESSION_NAME/infer_train/npy_sgc}  # run_refine.sh's CAMs of train_list
 PSEUDO=${PSEUDO:-$SESSION_NAME/sem_seg_train}              # pseudo labels of train_list
 MASK_ROOT=$PSEUDO; [ "$MASK_TYPE" = png ] && MASK_ROOT=${PSEUDO}_png
@@ -21,10 +21,10 @@ MASK_ROOT=$PSEUDO; [ "$MASK_TYPE" = png ] && MASK_ROOT=${PSEUDO}_png
 # stage 2's walk over train_list: only the stage-3 flags among "$@" concern the steps below,
 # so it gets the resolved values it shares with them
 "${RUN[@]}" infer_irn.py --config "$CONFIG" --session_name "$SESSION_NAME" \
-    --voc12_root "$VOC12_ROOT" --infer_list "$TRAIN_LIST" --cam_dir "$CAM_TRAIN" \
-    --sem_seg_out_dir "$PSEUDO" --soft_output True --device "$DEVICE" --threads "$THREADS" \
-    --allow_pickle "$ALLOW_PICKLE"
+    --voc12_root "$VOC12_ROOT" --num_classes "$NUM_CLASSES" --infer_list "$TRAIN_LIST" \
+    --cam_dir "$CAM_TRAIN" --sem_seg_out_dir "$PSEUDO" --soft_output True --device "$DEVICE" \
+    --threads "$THREADS" --allow_pickle "$ALLOW_PICKLE"
 "${RUN[@]}" train_seg.py --config "$CONFIG" --mask_root "$MASK_ROOT" "$@"
 "${RUN[@]}" infer_seg.py --config "$CONFIG" "$@"
 "$PY" eval_cam.py --type png --list "$SEG_INFER_LIST" --predict_dir "$OUT_SEG" --gt_dir "$GT" \
-    --logfile "$OUT_SEG.eval.log"
+    --logfile "$OUT_SEG.eval.log" --num_classes "$NUM_CLASSES"

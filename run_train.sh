@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-CONFIG=configs/toy.yaml          # configs/voc12_effb3.yaml | voc12_resnet50.yaml | voc12_resnet38.yaml
+CONFIG=configs/toy.yaml          # configs/voc12_effb3.yaml | voc12_resnet50.yaml | voc12_resnet38.yaml | coco14_effb3.yaml | toy_coco.yaml
 BACKBONE_WEIGHTS=None            # VOC: the local ImageNet checkpoint named in README
 DEVICE=auto
 PY=${PY:-.venv/bin/python}
@@ -13,7 +13,11 @@ NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per 
 
 source tool/launcher.sh          # RUN: "$PY", or torchrun when NPROC > 1
 eval "$("$PY" -m tool.common.config --config "$CONFIG" --get voc12_root)"
-case "$CONFIG" in *toy*) [ -d "$VOC12_ROOT" ] || "$PY" -m data.toy_voc --out "$VOC12_ROOT" --seed 0;; esac
+case "$CONFIG" in  # the toy data is made when missing
+    *toy_coco*) [ -d "$VOC12_ROOT" ] || { "$PY" -m data.toy_coco --out "${VOC12_ROOT}_src" --seed 0 &&
+        "$PY" -m data.prepare_coco --coco_root "${VOC12_ROOT}_src" --out_dir "$VOC12_ROOT"; };;
+    *toy*) [ -d "$VOC12_ROOT" ] || "$PY" -m data.toy_voc --out "$VOC12_ROOT" --seed 0;;
+esac
 
 "${RUN[@]}" train_mcl.py --config "$CONFIG" --backbone_weights "$BACKBONE_WEIGHTS" --device "$DEVICE" \
     --crf True --mix_loss focal --Random_order True "$@"

@@ -16,3 +16,13 @@ def test_run_seg_calls_the_four_steps(tmp_path):
     assert "--mask_root runs/toy/sem_seg_train_png" in train and train.endswith("--seg_lr 0.002")
     assert infer.endswith("--seg_lr 0.002")
     assert "--predict_dir runs/toy/seg/pred" in ev and "--type png" in ev and "val.txt" in ev
+
+
+def test_run_scripts_pass_the_class_count_to_every_step(tmp_path):
+    """``--num_classes 81`` (COCO) reaches the steps that get resolved values instead of "$@"
+    (the extra walk or CAM inference) and the evaluation, whose flags are its own."""
+    refine = run_script_steps("run_refine.sh", ["--num_classes", "81"], tmp_path)
+    (tmp_path / "s").mkdir()
+    seg = run_script_steps("run_seg.sh", ["--num_classes", "81"], tmp_path / "s")
+    for c in refine + seg:
+        assert "--num_classes 81" in c, c
