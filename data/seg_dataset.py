@@ -2,9 +2,10 @@
 
 The pseudo label comes in one of two forms (METHOD.md 14.0 G2):
 
-- ``soft``: ``<label_dir>/<name>.npy``, H x W x 21 (float16 as stage 2 writes it), read as
-  float64. The CE target is its argmax; BEACON gets the scores themselves.
-- ``png``: ``<label_dir>/<name>.png``, palette (or grey) indices, 0 background, 1..20 classes,
+- ``soft``: ``<label_dir>/<name>.npy``, H x W x C (C = num_classes: 21 on VOC, 81 on COCO;
+  float16 as stage 2 writes it), read as float64. The CE target is its argmax; BEACON gets the
+  scores themselves.
+- ``png``: ``<label_dir>/<name>.png``, palette (or grey) indices, 0 background, 1..C-1 classes,
   255 ignore. The CE target is the indices; BEACON gets their one-hot vectors (METHOD.md 14.4.2.8).
 
 Per sample, in this order (METHOD.md 14.3.1): colour jitter of the image; a rescale of image and
@@ -32,6 +33,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from data import transforms as T
 from data.datasets import EpochDataset, PathLike, sample_rngs
+from data.description import describe
 from data.voc import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
@@ -164,10 +166,11 @@ def soft_target(soft: np.ndarray) -> np.ndarray:
     return np.argmax(soft, axis=-1).astype(np.int64)
 
 
-def one_hot_soft(target: np.ndarray, padding: np.ndarray) -> np.ndarray:
-    """The BEACON mask of a PNG label (METHOD.md 14.4.2.8): (H, W) indices -> (21, H, W)
-    float32 one-hot, the zero vector at 255 and wherever ``padding`` (H, W) bool is set."""
-    classes = np.arange(NUM_CLASSES).reshape(-1, 1, 1)
+def one_hot_soft(target: np.ndarray, padding: np.ndarray, num_classes: int = NUM_CLASSES,
+                 ) -> np.ndarray:
+    """The BEACON mask of a PNG label (METHOD.md 14.4.2.8): (H, W) indices -> (num_classes,
+    H, W) float32 one-hot, the zero vector at 255 and wherever ``padding`` (H, W) bool is set."""
+    classes = np.arange(num_classes).reshape(-1, 1, 1)
     return ((target[None] == classes) & ~padding[None]).astype(np.float32)
 
 
@@ -181,7 +184,7 @@ class SegTrainDataset(EpochDataset):
         names: image names, or a list file (either VOC list form).
         voc12_root: folder holding ``JPEGImages/``.
         label_dir: folder of the stage-2 pseudo labels, ``<name>.npy`` or ``<name>.png``.
-        mask_format: 'soft' (H x W x 21 npy) or 'png' (indices, 255 = ignore).
+        mask_format: 'soft' (H x W x C npy) or 'png' (indices 0..C-1, 255 = ignore).
         cls_labels: ``cls_labels.npy`` (path or loaded dict) for the ``label`` field, the
             image-level labels BEACON uses (METHOD.md 14.8 S27); None: no ``label`` field.
         crop_size: side S of the square crop (448).
@@ -194,15 +197,17 @@ class SegTrainDataset(EpochDataset):
             way.
         seed: base seed of the per-sample generators.
         mean, std: normalisation (ImageNet).
+        num_classes: C, classes with background (21 VOC, 81 COCO, ``data.description``): the
+            channels of a soft label, the PNG values 0..C-1, the ``cls_labels`` length C-1.
 
     ``__getitem__`` returns a dict:
         name (str);
         img (3, S, S) float32, normalised, 0 (the mean colour) in the padding;
         target (S, S) int64: soft -> argmax of ``soft`` (ties to the lowest index), png -> the
             indices (255 kept); ``pad_label`` in the padding;
-        soft (21, S, S) float32: the resampled scores (soft) or the one-hot fallback (png),
+        soft (C, S, S) float32: the resampled scores (soft) or the one-hot fallback (png),
             the zero vector in the padding (and at 255);
-        label (20,) float32, when ``cls_labels`` is given.
+        label (C-1,) float32, when ``cls_labels`` is given.
     The default collate stacks the tensors to (N, ...) and the names to a list.
     """
 
@@ -212,7 +217,8 @@ class SegTrainDataset(EpochDataset):
                  scale_range: Sequence[float] | None = (0.5, 1.75),
                  jitter: T.Jitter | Sequence[float] = MUSCLE_JITTER, hflip: bool = True,
                  pad_label: int = 0, seed: int = 0, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, num_classes: int = NUM_CLASSES) -> None:
+        num_fg = describe(num_classes).num_fg  # an unknown count is a UserError
         names = load_img_name_list(names) if isinstance(names, (str, os.PathLike)) else [*names]
         if not names:
             raise UserError("the image list is empty")
@@ -235,7 +241,7 @@ class SegTrainDataset(EpochDataset):
             where = "cls_labels.npy"
             if not isinstance(cls_labels, Mapping):
                 where, cls_labels = str(cls_labels), load_cls_labels(cls_labels)
-            labels = lookup_labels(dict(cls_labels), names, where)
+            labels = lookup_labels(dict(cls_labels), names, where, num_fg=num_fg)
         missing = [p for p in (label_path(label_dir, n, mask_format) for n in names)
                    if not p.is_file()]
         if missing:
@@ -248,21 +254,22 @@ class SegTrainDataset(EpochDataset):
         self.jitter, self.hflip, self.pad_label = T.Jitter.of(jitter), bool(hflip), int(pad_label)
         self.seed, self.epoch = int(seed), 0
         self.mean, self.std = mean, std
+        self.num_classes = int(num_classes)
 
     def check(self, image_sizes: Mapping[str, tuple[int, int] | None] | None = None,
               ) -> list[str]:
         """:func:`check_seg_labels` of this set's names (problem lines, empty when sound)."""
         return check_seg_labels(self.names, self.voc12_root, self.label_dir, self.mask_format,
-                                image_sizes)
+                                image_sizes, num_classes=self.num_classes)
 
     def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The image (PIL RGB, W x H) and its pseudo label of sample ``index``: soft ->
-        (H, W, 21) float64, png -> (H, W) uint8. A label of the wrong shape, or a PNG value
-        outside 0..20 and 255, fails here, naming the file."""
+        (H, W, C) float64, png -> (H, W) uint8. A label of the wrong shape, or a PNG value
+        outside 0..C-1 and 255, fails here, naming the file."""
         name = self.names[index]
         img = load_image(image_path(self.voc12_root, name))
         path = label_path(self.label_dir, name, self.mask_format)
-        want = (img.height, img.width)
+        want, n = (img.height, img.width), self.num_classes
         if self.mask_format == "soft":
             try:
                 label = np.load(path)
@@ -270,16 +277,17 @@ class SegTrainDataset(EpochDataset):
                 raise UserError(f"pseudo label not found: {path}") from None
             except (OSError, ValueError) as e:
                 raise UserError(f"cannot read pseudo label {path}: {e}") from None
-            if label.shape != (*want, NUM_CLASSES):
+            if label.shape != (*want, n):
                 raise UserError(f"soft label {path} has shape {label.shape}, expected "
-                                f"{(*want, NUM_CLASSES)} (its image is {want[1]}x{want[0]})")
+                                f"{(*want, n)} (its image is {want[1]}x{want[0]}, "
+                                f"num_classes {n})")
             return img, label.astype(np.float64)  # float64 as released (METHOD.md 14.3.1)
         label = load_mask(path)
         if label.shape != want:
             raise UserError(f"label {path} is {label.shape[1]}x{label.shape[0]} but its image "
                             f"is {want[1]}x{want[0]}")
-        if ((label > NUM_CLASSES - 1) & (label != IGNORE_INDEX)).any():
-            raise UserError(f"label {path} holds values other than 0..20 and 255")
+        if ((label > n - 1) & (label != IGNORE_INDEX)).any():
+            raise UserError(f"label {path} holds values other than {_values(n)}")
         return img, label
 
     def __getitem__(self, index: int) -> dict:
@@ -292,8 +300,8 @@ class SegTrainDataset(EpochDataset):
                   ) -> dict[str, torch.Tensor]:
         """Augment sample ``index`` of the current epoch (METHOD.md 14.3.1 steps 3-8).
 
-        img: PIL RGB, W x H; label: (H, W, 21) float scores (soft) or (H, W) uint8 indices
-        (png). Returns img (3, S, S) float32, target (S, S) int64, soft (21, S, S) float32.
+        img: PIL RGB, W x H; label: (H, W, C) float scores (soft) or (H, W) uint8 indices
+        (png). Returns img (3, S, S) float32, target (S, S) int64, soft (C, S, S) float32.
         """
         rng = sample_rngs(self.seed, self.epoch, index)[0]
         crop = self.crop_size
@@ -322,7 +330,7 @@ class SegTrainDataset(EpochDataset):
                 scores = resize_soft(label, size, (box.src_top, box.src_left, box.height,
                                                    box.width))
             scores = scores[:, ::step].astype(np.float32)  # the trainer's float32 mask
-            soft = np.zeros((NUM_CLASSES, crop, crop), np.float32)
+            soft = np.zeros((self.num_classes, crop, crop), np.float32)
             soft[(slice(None), *dst)] = scores.transpose(2, 0, 1)
             target[dst] = soft_target(scores)
         else:
@@ -332,7 +340,7 @@ class SegTrainDataset(EpochDataset):
             target[dst] = label[src][:, ::step]
             padding = np.ones((crop, crop), bool)
             padding[dst] = False
-            soft = one_hot_soft(target, padding)
+            soft = one_hot_soft(target, padding, self.num_classes)
         return {"img": torch.from_numpy(image), "target": torch.from_numpy(target),
                 "soft": torch.from_numpy(soft)}
 
@@ -350,10 +358,17 @@ def _image_size(voc12_root: PathLike, name: str) -> tuple[int, int] | None:
         return None
 
 
-def _label_header(path: Path, mask_format: str) -> tuple[tuple[int, ...], str | None]:
+def _values(num_classes: int) -> str:
+    """The PNG values a label may hold: '0..20 and 255' (VOC), '0..80 and 255' (COCO)."""
+    return f"0..{num_classes - 1} and {IGNORE_INDEX}"
+
+
+def _label_header(path: Path, mask_format: str, num_classes: int,
+                  ) -> tuple[tuple[int, ...], str | None]:
     """Soft: (the npy's shape, its dtype name) from the header alone (a memory map reads no
-    data). PNG: ((height, width), values outside 0..20 and 255 as text or None); the pixels
-    are decoded. Raises what numpy/PIL raise, or ValueError for a PNG of the wrong mode."""
+    data). PNG: ((height, width), values outside 0..num_classes-1 and 255 as text or None);
+    the pixels are decoded. Raises what numpy/PIL raise, or ValueError for a PNG of the wrong
+    mode."""
     if mask_format == "soft":
         arr = np.load(path, mmap_mode="r")
         return tuple(arr.shape), str(arr.dtype)
@@ -361,24 +376,24 @@ def _label_header(path: Path, mask_format: str) -> tuple[tuple[int, ...], str | 
         if im.mode not in ("P", "L"):
             raise ValueError(f"mode {im.mode}, expected a palette or grey PNG")
         values = np.unique(np.asarray(im, dtype=np.uint8))
-    odd = values[(values > NUM_CLASSES - 1) & (values != IGNORE_INDEX)]
+    odd = values[(values > num_classes - 1) & (values != IGNORE_INDEX)]
     return (im.height, im.width), (str(odd[:3].tolist()) if odd.size else None)
 
 
 def check_seg_labels(names: Sequence[str], voc12_root: PathLike, label_dir: PathLike,
                      mask_format: str = "soft",
                      image_sizes: Mapping[str, tuple[int, int] | None] | None = None,
-                     ) -> list[str]:
+                     *, num_classes: int = NUM_CLASSES) -> list[str]:
     """Preflight of the pseudo labels of ``names`` (METHOD.md 14.3): one problem line per kind
     (``Problems.add_group``), each naming the files; an empty list when all are usable.
 
     Kinds: label not found; unreadable (PNG: also not a palette or grey image); soft: not
-    H x W x 21, not floating point; png: values other than 0..20 and 255; both: a size other
-    than the image's. Soft labels are checked from the npy header alone (a memory map, no data
-    read); PNGs are decoded, as their values are checked. ``image_sizes``: name -> (width,
-    height) of the images if already known (e.g. ``DatasetCheck.sizes``); otherwise read from
-    the image headers. An image that cannot be opened skips the size check (the image checks
-    of ``data.preflight`` report it).
+    H x W x C (C = ``num_classes``), not floating point; png: values other than 0..C-1 and 255;
+    both: a size other than the image's. Soft labels are checked from the npy header alone (a
+    memory map, no data read); PNGs are decoded, as their values are checked. ``image_sizes``:
+    name -> (width, height) of the images if already known (e.g. ``DatasetCheck.sizes``);
+    otherwise read from the image headers. An image that cannot be opened skips the size check
+    (the image checks of ``data.preflight`` report it).
     """
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -391,7 +406,7 @@ def check_seg_labels(names: Sequence[str], voc12_root: PathLike, label_dir: Path
     for name in names:
         path = label_path(label_dir, name, mask_format)
         try:
-            shape, info = _label_header(path, mask_format)
+            shape, info = _label_header(path, mask_format, num_classes)
         except FileNotFoundError:
             missing.append(str(path))
             continue
@@ -400,7 +415,7 @@ def check_seg_labels(names: Sequence[str], voc12_root: PathLike, label_dir: Path
             unreadable.append(f"{path} ({why})")
             continue
         if mask_format == "soft":
-            if len(shape) != 3 or shape[2] != NUM_CLASSES:
+            if len(shape) != 3 or shape[2] != num_classes:
                 bad_shape.append(f"{path} (shape {shape})")
                 continue
             if np.dtype(info).kind != "f":
@@ -415,8 +430,8 @@ def check_seg_labels(names: Sequence[str], voc12_root: PathLike, label_dir: Path
     p = Problems()
     p.add_group(f"{mask_format} pseudo label not found", missing)
     p.add_group("cannot read pseudo label", unreadable)
-    p.add_group(f"soft pseudo labels not H x W x {NUM_CLASSES}", bad_shape)
+    p.add_group(f"soft pseudo labels not H x W x {num_classes}", bad_shape)
     p.add_group("soft pseudo labels not floating point", bad_dtype)
-    p.add_group("pseudo label PNGs with values other than 0..20 and 255", bad_values)
+    p.add_group(f"pseudo label PNGs with values other than {_values(num_classes)}", bad_values)
     p.add_group("pseudo labels whose size differs from their image", bad_size)
     return p.lines

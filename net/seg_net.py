@@ -31,6 +31,8 @@ from torchvision.models.segmentation import deeplabv3_resnet101
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
+from data.description import DESCRIPTIONS
+from data.voc import NUM_CLASSES
 from net.backbones.effb3 import EfficientNetTrunk
 from net.backbones.resnet import ResNetBackbone
 from net.bifpn import BiFPN, upsample_to
@@ -68,7 +70,8 @@ RESNET101_HINT = ("torchvision's ImageNet ResNet-101 checkpoint resnet101-63fe22
 _SHOW = 5  # keys named in one-line messages
 
 
-def efficientnet_b7_trunk(num_classes: int = 21, last_pooling: bool = True) -> EfficientNetTrunk:
+def efficientnet_b7_trunk(num_classes: int = NUM_CLASSES, last_pooling: bool = True,
+                          ) -> EfficientNetTrunk:
     """EfficientNet-B7 trunk of METHOD.md 14.2.1: ``forward(x)`` -> (p3, .., p7).
 
     Taps are blocks 17, 27, 37, 50, 54: (80, 160, 224, 384, 640) channels at strides
@@ -123,10 +126,11 @@ class SegNet(nn.Module):
     ``backbone_report``. ``bifpn_layers``, ``bifpn_channels`` (None: 256 for muscle_b7, 32 for
     toy), ``last_pooling`` and ``bifpn_independent_init`` (quirk S4 off) apply to the BiFPN
     archs; ``output_stride`` (8 or 16) and ``aux_loss`` to DeepLab; ``toy_width`` (the
-    ResNet-18 width multiplier, as the stage-1 toy network's) to the toy.
+    ResNet-18 width multiplier, as the stage-1 toy network's) to the toy. ``num_classes``:
+    the output channels C with background (21 VOC, 81 COCO; the config key of that name).
     """
 
-    def __init__(self, arch: str = "muscle_b7", num_classes: int = 21,
+    def __init__(self, arch: str = "muscle_b7", num_classes: int = NUM_CLASSES,
                  backbone_weights: str | os.PathLike | None = None, bifpn_layers: int = 3,
                  bifpn_channels: int | None = None, last_pooling: bool = True,
                  output_stride: int = 8, aux_loss: bool = False,
@@ -253,6 +257,19 @@ def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+HEAD_KEYS = ("fuse_dec.weight", "classifier.4.weight")  # the last classifier conv, per layout
+
+
+def checkpoint_num_classes(state: dict[str, torch.Tensor]) -> int | None:
+    """The output channels of the SegNet checkpoint ``state`` (its last classifier conv's
+    rows), or None when it holds none of the known heads."""
+    for key in HEAD_KEYS:
+        w = state.get(key)
+        if isinstance(w, torch.Tensor) and w.ndim >= 1:
+            return int(w.shape[0])
+    return None
+
+
 def load_seg_checkpoint(model: SegNet, path: str | os.PathLike,
                         allow_pickle: bool = False) -> LoadReport:
     """Load a trained SegNet checkpoint strictly into ``model`` (METHOD.md 14.0 G4).
@@ -260,7 +277,8 @@ def load_seg_checkpoint(model: SegNet, path: str | os.PathLike,
     Accepts our engine's {'model': state, ...}, a plain state dict (MuSCLe's ``_<ep>.pth``),
     {'state_dict': state} and {'model_state_dict': state}; a ``module.`` prefix is stripped.
     Any missing or unexpected key or shape mismatch is a one-line UserError naming the file,
-    the model's arch and, when recognisable, the file's. ``allow_pickle``: see
+    the model's arch and, when recognisable, the file's; a file of the model's arch (or an
+    unrecognised one) with another class count names both counts instead. ``allow_pickle``: see
     :func:`tool.common.checkpoint.read_checkpoint`.
     """
     path = str(path)
@@ -272,6 +290,12 @@ def load_seg_checkpoint(model: SegNet, path: str | os.PathLike,
                                    ("shape mismatches", report.mismatched)) if keys]
     if problems:
         other = guess_arch(state)
+        found = checkpoint_num_classes(state)
+        if other in (None, model.arch) and found not in (None, model.num_classes):
+            sets = ", ".join(f"{n} {d.title}" for n, d in DESCRIPTIONS.items())
+            raise UserError(f"{path} is a SegNet checkpoint of {found} classes but num_classes "
+                            f"is {model.num_classes}: set num_classes to the data set the file "
+                            f"was trained on ({sets})")
         looks = ("" if other is None else
                  f" (it looks like a {other!r} checkpoint)" if other != model.arch else
                  " (the same arch with other settings: num_classes, bifpn_*, aux_loss?)")

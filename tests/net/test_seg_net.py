@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from efficientnet_pytorch import EfficientNet, get_model_params
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from net.bifpn import BiFPN, BiFPNLayer
-from net.seg_net import SegNet, guess_arch, load_seg_checkpoint
+from net.seg_net import SegNet, checkpoint_num_classes, guess_arch, load_seg_checkpoint
 from tool.common.errors import UserError
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -360,3 +361,15 @@ def test_deeplab_strides():
         2, 21, 65, 47)
     with pytest.raises(UserError, match="output_stride must be 8 or 16"):
         _meta(arch="deeplabv3_resnet101", output_stride=32)
+
+
+def test_checkpoint_num_classes_of_each_layout(b7, deeplab):
+    """The class count read from a state dict (its last classifier conv) for each arch, at
+    VOC's 21 and COCO's 81; None for a state of no known head."""
+    assert checkpoint_num_classes(b7.state_dict()) == 21
+    assert checkpoint_num_classes(deeplab[0].state_dict()) == 21
+    head = DeepLabHead(2048, 81)  # the COCO classifier alone, as SegNet names it
+    assert checkpoint_num_classes({f"classifier.{k}": v for k, v in head.state_dict().items()
+                                   }) == 81
+    assert checkpoint_num_classes(SegNet("toy", num_classes=81).state_dict()) == 81
+    assert checkpoint_num_classes({"conv.weight": torch.zeros(3, 3)}) is None

@@ -65,3 +65,63 @@ def test_missing_weights_before_compute(tiny_config, tmp_path):
     with pytest.raises(UserError, match="--seg_weights file not found"):
         infer(tiny_config, tmp_path / "none.ckpt", tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+# ------------------------------------------------------------------------ COCO: 81 classes
+
+
+def test_toy_segnet_has_num_classes_outputs():
+    torch.manual_seed(0)
+    net = SegNet("toy", num_classes=81, toy_width=0.25)
+    x = torch.randn(2, 3, 40, 56)
+    out = net.forward_train(x)
+    assert net.num_classes == 81 and out["out"].shape == (2, 81, 40, 56)
+    assert out["dense_ft"].shape == (2, 32, 40, 56)
+    assert net.eval()(x[:1]).shape == (1, 81, 40, 56)
+
+
+@pytest.fixture(scope="module")
+def weights_81(tmp_path_factory):
+    """A toy SegNet over 81 classes whose head says class 80 (the last channel) everywhere:
+    zero 1x1 weights, so the logits are the bias alone, highest at 80."""
+    torch.manual_seed(0)
+    net = SegNet("toy", num_classes=81, toy_width=0.25)
+    with torch.no_grad():
+        net.fuse_dec.weight.zero_()
+        net.fuse_dec.bias.zero_()
+        net.fuse_dec.bias[80] = 5.0
+    path = tmp_path_factory.mktemp("seg_infer_81") / "last.ckpt"
+    torch.save({"model": net.state_dict(), "epoch": 0}, path)
+    return path
+
+
+def test_coco_predictions_over_81_classes(tiny_config, weights_81, toy_voc, tmp_path):
+    """num_classes 81: the network, the 81-label CRF and the argmax give class 80 (the last
+    channel) everywhere; the PNGs are palettised with the description's palette."""
+    from data.description import describe
+
+    out = tmp_path / "pred"
+    assert infer(tiny_config, weights_81, out, "--num_classes", "81") == 4
+    for n in load_img_name_list(toy_voc / "ImageSets/Segmentation/train.txt"):
+        with Image.open(out / f"{n}.png") as im:
+            assert im.mode == "P" and im.getpalette()[:768] == describe(81).palette()
+            assert (np.array(im) == 80).all()
+
+
+def test_checkpoint_of_another_class_count_is_one_line(tiny_config, weights, weights_81,
+                                                       tmp_path):
+    for path, flag, found, want in ((weights, "81", 21, 81), (weights_81, "21", 81, 21)):
+        with pytest.raises(UserError) as e:
+            infer(tiny_config, path, tmp_path / "x", "--num_classes", flag)
+        msg = str(e.value)
+        assert str(path) in msg and "\n" not in msg
+        assert f"of {found} classes but num_classes is {want}" in msg
+    assert not list((tmp_path / "x").glob("*.png"))
+
+
+def test_coco_refuses_the_voc_test_submission(tiny_config, weights_81, tmp_path):
+    with pytest.raises(UserError, match="--test_submission") as e:
+        infer(tiny_config, weights_81, tmp_path / "p", "--num_classes", "81",
+              "--test_submission", str(tmp_path / "sub"))
+    assert "81" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "sub").exists()

@@ -149,8 +149,8 @@ def ref_beacon(z, ft, mask, label_bg, step, k, seed, beta=100.0):
 
 
 # ----------------------------------------------------------------------------- synthetic data
-def label_of(n, classes):
-    lb = torch.zeros(n, 21, dtype=torch.float64)
+def label_of(n, classes, n_classes=21):
+    lb = torch.zeros(n, n_classes, dtype=torch.float64)
     lb[:, 0] = 1
     for i, cs in enumerate(classes):
         for c in cs:
@@ -158,24 +158,30 @@ def label_of(n, classes):
     return lb
 
 
-def synthetic_batch(seed=0, h=32, w=32, d=16):
+COCO_CLASSES = {3: 3, 5: 50, 7: 80, 12: 45, 15: 79}  # the synthetic batch's classes at 81
+
+
+def synthetic_batch(seed=0, h=32, w=32, d=16, n_classes=21):
     """Two samples with big squares: sample 0 holds classes 3 and 7 (labels 3, 5, 7; 5 is never
-    predicted), sample 1 class 12 (and a predicted class 15 the label says is absent)."""
+    predicted), sample 1 class 12 (and a predicted class 15 the label says is absent). With
+    ``n_classes`` 81 (COCO) these classes become ``COCO_CLASSES``' (80 the last channel)."""
     g = torch.Generator().manual_seed(seed)
-    regions = [[(3, 4, 20, 6, 22), (7, 18, 30, 16, 30)], [(12, 6, 26, 8, 28), (15, 0, 5, 0, 6)]]
-    z = 0.5 * torch.randn(2, 21, h, w, generator=g, dtype=torch.float64)
-    mask = torch.zeros(2, 21, h, w, dtype=torch.float64)
+    cl = COCO_CLASSES if n_classes == 81 else {c: c for c in COCO_CLASSES}
+    regions = [[(cl[3], 4, 20, 6, 22), (cl[7], 18, 30, 16, 30)],
+               [(cl[12], 6, 26, 8, 28), (cl[15], 0, 5, 0, 6)]]
+    z = 0.5 * torch.randn(2, n_classes, h, w, generator=g, dtype=torch.float64)
+    mask = torch.zeros(2, n_classes, h, w, dtype=torch.float64)
     mask[:, 0] = 0.35
     for n, regs in enumerate(regions):
         z[n, 0] += 5
         for c, y0, y1, x0, x1 in regs:
-            z[n, :, y0:y1, x0:x1] -= 5 * (torch.arange(21) == 0).double()[:, None, None]
+            z[n, :, y0:y1, x0:x1] -= 5 * (torch.arange(n_classes) == 0).double()[:, None, None]
             z[n, c, y0:y1, x0:x1] += 5
             mask[n, c, y0:y1, x0:x1] = 0.5 + 0.5 * torch.rand(y1 - y0, x1 - x0, generator=g,
                                                                 dtype=torch.float64)
     mask[:, :, :, -3:] = 0  # a strip of crop padding
     ft = 2.0 * torch.randn(2, d, h, w, generator=g, dtype=torch.float64)
-    return z, ft, mask, label_of(2, [[3, 5, 7], [12]])
+    return z, ft, mask, label_of(2, [[cl[3], cl[5], cl[7]], [cl[12]]], n_classes)
 
 
 # ----------------------------------------------------------------------------- CE and targets
@@ -243,6 +249,19 @@ def test_png_to_soft_one_hot_with_zero_vectors():
     pad = torch.zeros(1, 2, 3, dtype=torch.bool)
     pad[0, 1, 2] = True
     assert png_to_soft(t, pad_mask=pad).sum(1).tolist() == [[[1, 1, 0], [1, 1, 0]]]
+
+
+def test_png_to_soft_81_classes_brute_force():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 81, (2, 5, 6), generator=g)
+    t[0, 0, :3] = torch.tensor([80, 255, 81])  # the last class, ignore, beyond the classes
+    s = png_to_soft(t, num_classes=81)
+    assert s.shape == (2, 81, 5, 6) and s.dtype == torch.float32
+    want = torch.zeros(2, 81, 5, 6)
+    for n, y, x in np.ndindex(2, 5, 6):
+        if int(t[n, y, x]) < 81:
+            want[n, int(t[n, y, x]), y, x] = 1
+    assert torch.equal(s, want) and s[0, 80, 0, 0] == 1 and s[0, :, 0, 1:3].sum() == 0
 
 
 # ----------------------------------------------------------------------------- edges
@@ -390,6 +409,25 @@ def test_beacon_matches_the_loop_reference_float64():
     # rng None is a fresh Random(0)
     assert beacon_loss(z, ft, mask, lb, k=16)[0].item() == pytest.approx(
         beacon_loss(z, ft, mask, lb, k=16, rng=random.Random(0))[0].item(), rel=1e-12)
+
+
+def test_beacon_81_classes_matches_the_loop_reference():
+    """COCO's 81 channels: classes 3, 80 (the last) and 45 contribute, 50 has no edges, 79 no
+    label; the loss equals the loop reference's (the class count read from the tensors)."""
+    z, ft, mask, lb = synthetic_batch(n_classes=81)
+    assert z.shape[1] == mask.shape[1] == lb.shape[1] == 81
+    loss, edge_mag = beacon_loss(z, ft, mask, lb, step=7, k=16, rng=random.Random(4))
+    ref, _, count = ref_beacon(z.numpy(), ft.numpy(), mask.numpy(), lb.numpy(), 7, 16, 4)
+    assert count == {0: 2, 1: 1}
+    assert loss is not None and loss.item() == pytest.approx(ref, rel=1e-10)
+    mag, _, pos = beacon_edges(z, lb)
+    assert mag.shape == (2, 80, 32, 32) and torch.allclose(edge_mag, mag.sum(1))
+    assert pos[0, 79].any() and not pos[1, 78].any()  # class 80 has edges, absent 79 none
+    # a VOC-sized mask or label with 81-channel logits is refused
+    with pytest.raises(ValueError, match="must share C"):
+        beacon_loss(z, ft, mask[:, :21], lb)
+    with pytest.raises(ValueError, match="must share C"):
+        beacon_loss(z, ft, mask, lb[:, :21])
 
 
 def test_beacon_float32_close_to_the_reference():

@@ -99,7 +99,7 @@ def test_scaled_inputs_values_match_numpy():
 
 # ---------------------------------------------------------------- msf_fuse
 
-@pytest.mark.parametrize("n_ch", [21, 1, 3, 130])
+@pytest.mark.parametrize("n_ch", [21, 81, 1, 3, 130])
 def test_msf_fuse_matches_bruteforce_bilinear(n_ch):
     rng = np.random.default_rng(n_ch)
     out_hw = (11, 14)
@@ -183,6 +183,16 @@ def test_msf_predict_equals_manual_fusion(flip):
     np.testing.assert_allclose(one, _softmax(model.numpy_logits(x), 0), atol=2e-6)
 
 
+def test_msf_predict_81_channels():
+    """COCO's 81 classes through the 12 passes: the fused map keeps every channel."""
+    model = _StandIn(81)
+    img = _image(21, 26, seed=7)
+    got = msf_predict(model, img)
+    assert got.shape == (81, 21, 26) and got.dtype == np.float32
+    np.testing.assert_allclose(got, _manual_msf(model, img, msf.MSF_SCALES, True), atol=2e-6)
+    np.testing.assert_allclose(got.sum(0), 1.0, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_msf_predict_cuda_matches_cpu():
     model = _StandIn()
@@ -202,14 +212,15 @@ def test_crf_params_are_the_released_effective_values():
     assert CRF_PARAMS["bilateral"]["srgb"] == 10 and CRF_PARAMS["bilateral"]["compat"] == 10
 
 
-def test_crf_unary_is_the_formula():
+@pytest.mark.parametrize("n_ch", [21, 81])
+def test_crf_unary_is_the_formula(n_ch):
     rng = np.random.default_rng(5)
-    p = _softmax(rng.normal(0, 3, (21, 7, 9)), axis=0).astype(np.float32)
+    p = _softmax(rng.normal(0, 3, (n_ch, 7, 9)), axis=0).astype(np.float32)
     p[3, 0, 0] = 0.0
     u = crf_unary(p)
-    assert u.shape == (21, 63) and u.dtype == np.float32
-    ref = -np.log(np.clip(0.5 * p.astype(np.float64) + 0.5 / 21, 1e-5, 1.0))
-    np.testing.assert_allclose(u, ref.reshape(21, -1).astype(np.float32), rtol=1e-7, atol=0)
+    assert u.shape == (n_ch, 63) and u.dtype == np.float32
+    ref = -np.log(np.clip(0.5 * p.astype(np.float64) + 0.5 / n_ch, 1e-5, 1.0))
+    np.testing.assert_allclose(u, ref.reshape(n_ch, -1).astype(np.float32), rtol=1e-7, atol=0)
     assert np.array_equal(u, unary_from_softmax(p, scale=0.5))  # pydensecrf's own
     assert np.array_equal(crf_unary(p, 0.8), unary_from_softmax(p, scale=0.8))
 
@@ -224,12 +235,13 @@ def _released_crf(img: np.ndarray, p: np.ndarray, t: int) -> np.ndarray:
     return np.array(d.inference(t), dtype=np.float32).reshape(p.shape)
 
 
-def test_crf_refine_zero_iters_and_release_parity():
+@pytest.mark.parametrize("n_ch", [21, 81])
+def test_crf_refine_zero_iters_and_release_parity(n_ch):
     img = _image(20, 27, seed=6)
-    p = _softmax(np.random.default_rng(6).normal(0, 2, (21, 20, 27)), 0).astype(np.float32)
+    p = _softmax(np.random.default_rng(6).normal(0, 2, (n_ch, 20, 27)), 0).astype(np.float32)
     q0 = crf_refine(img, p, n_iters=0)  # mean field not run: Q = exp(-U) normalised
     np.testing.assert_allclose(q0, _softmax(-crf_unary(p).reshape(p.shape), 0), atol=1e-6)
-    np.testing.assert_allclose(q0, 0.5 * p + 0.5 / 21, atol=1e-6)  # = the softened P
+    np.testing.assert_allclose(q0, 0.5 * p + 0.5 / n_ch, atol=1e-6)  # = the softened P
     for t in (1, 4):
         assert np.array_equal(crf_refine(img, p, n_iters=t), _released_crf(img, p, t))
 

@@ -391,3 +391,117 @@ def test_check_png_finds_each_kind(seg_root, tmp_path):
     assert f"cannot read pseudo label: {tmp_path / c}.png (mode RGB, expected a palette or " \
            "grey PNG)" in lines
     assert not any("size differs" in ln for ln in lines)  # no image sizes given: not checked
+
+
+# ------------------------------------------------------------------------ COCO: 81 classes
+
+COCO = 81  # num_classes of MS COCO 2014 (data.description.COCO14): labels 0..80, (80,) vectors
+
+
+@pytest.fixture(scope="module")
+def coco_labels(seg_root, tmp_path_factory):
+    """Pseudo labels of the seg_root images at 81 classes: soft npy H x W x 81 (the maximum on
+    channel 80 in a patch), PNGs with values 0..80 (80 included) and 255, (80,) cls_labels."""
+    out = tmp_path_factory.mktemp("coco_labels")
+    for d in ("soft", "png"):
+        (out / d).mkdir()
+    rng = np.random.default_rng(1)
+    labels = {}
+    for name, (h, w) in SIZES.items():
+        soft = rng.random((h, w, COCO)).astype(np.float16)
+        soft[:4, :4, 80] = 2.0  # beyond the random [0, 1): argmax 80
+        np.save(out / "soft" / f"{name}.npy", soft)
+        png = rng.integers(0, COCO, (h, w), dtype=np.uint8)
+        png[:3, :3], png[rng.random((h, w)) < 0.2] = 80, 255
+        save_label_png(png, out / "png" / f"{name}.png")
+        labels[name] = (rng.random(COCO - 1) < 0.1).astype(np.float32)
+    np.save(out / "cls_labels.npy", labels)
+    return out
+
+
+def coco_still(seg_root, coco_labels, fmt, **kw):
+    return SegTrainDataset(NAMES, seg_root, coco_labels / fmt, fmt,
+                           cls_labels=coco_labels / "cls_labels.npy", crop_size=CROP, seed=5,
+                           jitter=T.NO_JITTER, scale_range=None, hflip=False, num_classes=COCO,
+                           **kw)
+
+
+def test_coco_soft_item_keeps_all_81_channels(seg_root, coco_labels):
+    ds = coco_still(seg_root, coco_labels, "soft")
+    assert ds.check() == []
+    labels = np.load(coco_labels / "cls_labels.npy", allow_pickle=True).item()
+    for i, name in enumerate(NAMES):
+        item = ds[i]
+        _, box, _ = replay(ds, i, SIZES[name])
+        soft = np.load(coco_labels / "soft" / f"{name}.npy").astype(np.float32)
+        want = paste(window(soft, box), box, CROP, 0)  # (S, S, 81), zero vector in the padding
+        assert item["soft"].shape == (COCO, CROP, CROP)
+        np.testing.assert_array_equal(item["soft"].numpy().transpose(1, 2, 0), want)
+        np.testing.assert_array_equal(item["target"].numpy(), want.argmax(-1))
+        assert item["label"].shape == (COCO - 1,)
+        np.testing.assert_array_equal(item["label"].numpy(), labels[name])
+    assert (ds[1]["target"].numpy() == 80).any()  # the top-left patch: in every crop of 1
+
+
+def test_coco_png_item_one_hot_over_81_channels(seg_root, coco_labels):
+    ds = coco_still(seg_root, coco_labels, "png", pad_label=255)
+    assert ds.check() == []
+    for i, name in enumerate(NAMES):
+        item = ds[i]
+        _, box, _ = replay(ds, i, SIZES[name])
+        png = load_mask(coco_labels / "png" / f"{name}.png")
+        target = item["target"].numpy()
+        np.testing.assert_array_equal(target, paste(window(png, box), box, CROP, 255))
+        want = np.zeros((COCO, CROP, CROP), np.float32)  # brute-force one-hot, 0 at 255
+        for y, x in np.ndindex(CROP, CROP):
+            if target[y, x] != 255:
+                want[target[y, x], y, x] = 1
+        np.testing.assert_array_equal(item["soft"].numpy(), want)
+    assert (ds[1]["target"].numpy() == 80).any() and ds[1]["soft"][80].any()  # likewise
+
+
+def test_coco_refuses_81_and_21_channel_labels(seg_root, coco_labels, tmp_path):
+    a, b, c = NAMES
+    for d in ("soft", "png"):
+        (tmp_path / d).mkdir()
+        for n in NAMES:
+            (tmp_path / d / f"{n}.{'npy' if d == 'soft' else 'png'}").symlink_to(
+                coco_labels / d / f"{n}.{'npy' if d == 'soft' else 'png'}")
+    (tmp_path / "png" / f"{a}.png").unlink()
+    bad = np.zeros(SIZES[a], np.uint8)
+    bad[0, 0], bad[0, 1], bad[0, 2] = 80, 81, 255  # 80 is a class, 81 is not
+    save_label_png(bad, tmp_path / "png" / f"{a}.png")
+    (tmp_path / "soft" / f"{b}.npy").unlink()
+    np.save(tmp_path / "soft" / f"{b}.npy", np.zeros((*SIZES[b], 21), np.float16))  # VOC's
+    png = SegTrainDataset(NAMES, seg_root, tmp_path / "png", "png", num_classes=COCO)
+    with pytest.raises(UserError, match=r"values other than 0\.\.80 and 255") as e:
+        png.load(0)
+    assert f"{tmp_path / 'png' / a}.png" in str(e.value) and "\n" not in str(e.value)
+    soft = SegTrainDataset(NAMES, seg_root, tmp_path / "soft", "soft", num_classes=COCO)
+    with pytest.raises(UserError, match=r"shape \(26, 14, 21\), expected \(26, 14, 81\)"):
+        soft.load(1)
+    assert png.check() == ["pseudo label PNGs with values other than 0..80 and 255: "
+                           f"{tmp_path / 'png' / a}.png (values [81])"]
+    assert soft.check() == ["soft pseudo labels not H x W x 81: "
+                            f"{tmp_path / 'soft' / b}.npy (shape (26, 14, 21))"]
+    # the same files under VOC's 21: the 81-channel npy and the values 21..80 are refused
+    assert check_seg_labels(NAMES, seg_root, coco_labels / "soft", "soft")[0].startswith(
+        "soft pseudo labels not H x W x 21 (3): ")
+    with pytest.raises(UserError, match=r"values other than 0\.\.20 and 255"):
+        SegTrainDataset(NAMES, seg_root, coco_labels / "png", "png").load(0)
+    # (20,) VOC vectors under 81 classes, and a class count of no data set
+    with pytest.raises(UserError, match=r"expected \(80,\)"):
+        SegTrainDataset(NAMES, seg_root, coco_labels / "png", "png",
+                        cls_labels=seg_root / "cls_labels.npy", num_classes=COCO)
+    with pytest.raises(UserError, match="num_classes 30"):
+        SegTrainDataset(NAMES, seg_root, coco_labels / "png", "png", num_classes=30)
+
+
+def test_one_hot_soft_81_by_hand():
+    target = np.array([[80, 0, 255], [79, 80, 1]])
+    padding = np.array([[False, False, False], [False, True, False]])
+    soft = one_hot_soft(target, padding, COCO)
+    assert soft.shape == (COCO, 2, 3) and soft.dtype == np.float32
+    want = np.zeros((COCO, 2, 3), np.float32)
+    want[80, 0, 0] = want[0, 0, 1] = want[79, 1, 0] = want[1, 1, 2] = 1
+    np.testing.assert_array_equal(soft, want)

@@ -175,3 +175,27 @@ def test_torchrun_two_processes_validate_as_one(tiny_config, labels, tmp_path):
     miou, _ = validate(net, load_img_name_list(args.seg_val_list), args.voc12_root, args.gt,
                        torch.device("cpu"))
     assert float(rows[0]["val_miou"]) == pytest.approx(miou, abs=1e-3)
+
+
+def test_validate_over_81_classes_by_hand(toy_voc):
+    """COCO's 81 classes: a network that says background everywhere has IoU(0) = background
+    pixels / valid pixels and 0 for the other 80 classes, so mIoU = IoU(0) / 81 (VOC would be
+    / 21); the confusion is 81 x 82 (a 21-class one would refuse GT or predictions past 20)."""
+    from net.seg_net import SegNet
+    from tool.seg.train import validate
+
+    net = SegNet("toy", num_classes=81, toy_width=0.25)
+    with torch.no_grad():
+        net.fuse_dec.weight.zero_()
+        net.fuse_dec.bias.zero_()
+        net.fuse_dec.bias[0] = 5.0
+    names = load_img_name_list(toy_voc / "ImageSets/Segmentation/train.txt")
+    gts = [load_mask(toy_voc / "SegmentationClass" / f"{n}.png") for n in names]
+    bg = sum(int((g == 0).sum()) for g in gts)
+    valid = sum(int((g != 255).sum()) for g in gts)
+    assert 0 < bg < valid
+    miou, iou = validate(net, names, toy_voc, toy_voc / "SegmentationClass",
+                         torch.device("cpu"))
+    assert iou.shape == (81,) and (iou[1:] == 0).all()
+    assert iou[0] == pytest.approx(100 * bg / valid, rel=1e-9)
+    assert miou == pytest.approx(100 * bg / valid / 81, rel=1e-9)

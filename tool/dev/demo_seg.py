@@ -54,6 +54,7 @@ def segment(cfg: str, voc: str, out: Path, stage1: Path, refine: dict[str, Any],
     infer_args = resolve_config(cfg, SEG_SECTIONS, common)
     print(f"   multi-scale + CRF inference on {val_list} -> {infer_args.out_seg}", flush=True)
     seg_infer.run(infer_args)
-    result = ev.evaluate(load_img_name_list(val_list), infer_args.out_seg, gt, "png")
+    result = ev.evaluate(load_img_name_list(val_list), infer_args.out_seg, gt, "png",
+                         num_classes=infer_args.num_classes)
     seconds["inference_and_eval"] = round(time.time() - t, 1)
     return {"miou": result.best_miou, "dir": Path(infer_args.out_seg), "seconds": seconds}

@@ -2,8 +2,10 @@
 numerics (multi-scale + flip fusion, the CRF) live in :mod:`tool.seg.msf`.
 
 Per image: 6 scales x flip through the network, the mean of the 12 softmax maps, the released
-dense CRF (``seg_crf``), the argmax, written atomically as ``<out_seg>/<name>.png`` (VOC palette,
-or MuSCLe's grey file with ``seg_label_png: gray``) and, with ``test_submission DIR``, as
+dense CRF (``seg_crf``), the argmax, all over ``num_classes`` channels (21 VOC, 81 COCO),
+written atomically as ``<out_seg>/<name>.png`` (the data set's palette, ``data.description``:
+VOC's, which COCO shares; or MuSCLe's grey file with ``seg_label_png: gray``) and, with
+``test_submission DIR`` (VOC only), as
 ``DIR/results/VOC2012/Segmentation/comp6_test_cls/<name>.png`` (palettised, the VOC test
 server's layout). "The PNG exists" means "finished": a rerun skips those images; each output
 folder records the settings of its files (a rerun with others is refused unless
@@ -19,8 +21,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from data.description import VOC12, describe
 from data.voc import image_path, load_img_name_list, save_label_png
 from tool.common.dist import is_main, local_device, rank_world, shard
+from tool.common.errors import UserError
 from tool.common.logs import setup_logging
 from tool.common.preflight import Problems, check_output_folder
 from tool.common.provenance import (
@@ -49,9 +53,15 @@ SUBMISSION_DIR = Path("results/VOC2012/Segmentation/comp6_test_cls")
 
 
 def output_folders(args: Namespace) -> dict[str, Path]:
-    """{kind: folder}: the prediction PNGs, and the test-server layout when asked for."""
+    """{kind: folder}: the prediction PNGs, and the test-server layout when asked for (VOC
+    only: another data set's ``--test_submission`` is a UserError)."""
     folders = {PRED: Path(args.out_seg)}
     if args.test_submission:
+        data = describe(args.num_classes)
+        if data is not VOC12:
+            raise UserError(f"--test_submission writes the {VOC12.title} test server's layout; "
+                            f"num_classes {data.num_classes} ({data.title}) has no such "
+                            "layout: leave --test_submission out")
         folders[SUBMIT] = Path(args.test_submission) / SUBMISSION_DIR
     return folders
 
@@ -91,11 +101,11 @@ def preflight(args: Namespace, names: list[str], folders: dict[str, Path],
 
 
 def load_model(args: Namespace, device: torch.device) -> torch.nn.Module:
-    """The SegNet of ``seg_arch`` with ``seg_weights`` loaded strictly (another arch's file is
-    one line naming it)."""
+    """The SegNet of ``seg_arch`` over ``num_classes`` with ``seg_weights`` loaded strictly
+    (a file of another arch or class count is one line naming it)."""
     from net.seg_net import SegNet, load_seg_checkpoint
 
-    model = SegNet(args.seg_arch, num_classes=21, backbone_weights=None,
+    model = SegNet(args.seg_arch, num_classes=args.num_classes, backbone_weights=None,
                    output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss),
                    toy_width=args.seg_toy_width)
     load_seg_checkpoint(model, args.seg_weights, allow_pickle=bool(args.allow_pickle))

@@ -1,10 +1,12 @@
 """Stage-3 segmentation losses (METHOD.md 14.4 and 14.7.2): cross-entropy on the pseudo label,
 MuSCLe's BEACON boundary-affinity loss, and the DeepLabV3 comparator's CE + auxiliary CE.
 
-Shapes: N = batch, C = 21 channels (index 0 = background), H x W = the crop. ``label_bg`` is the
-(N, C) image-level label with the always-present background first (1 = present). Functions are
-pure and create their tensors on the device of their inputs; the only randomness is BEACON's
-subsampling, drawn from an explicit ``random.Random`` (METHOD.md 14.0 G6).
+Shapes: N = batch, C = num_classes channels (21 on VOC, 81 on COCO; index 0 = background),
+H x W = the crop; every function reads C from its tensors (``png_to_soft`` takes it).
+``label_bg`` is the (N, C) image-level label with the always-present background first
+(1 = present). Functions are pure and create their tensors on the device of their inputs; the
+only randomness is BEACON's subsampling, drawn from an explicit ``random.Random`` (METHOD.md
+14.0 G6).
 """
 from __future__ import annotations
 
@@ -231,6 +233,7 @@ def beacon_loss(seg_logits: torch.Tensor, dense_ft: torch.Tensor, soft_mask: tor
         soft_mask: (N, C, H, W) float pseudo-label mask M as batched (``png_to_soft`` for PNG
             labels); softmaxed over its channels, never differentiated.
         label_bg: (N, C) image labels with background first.
+        All three of seg_logits, soft_mask and label_bg must have the same C.
         step, k, beta: row offset of vertical "out" samples, samples per side, softmax
             sharpness of the edge detector.
         rng: the generator of the subsampling. None means a fresh ``random.Random(0)`` per call:
@@ -256,6 +259,11 @@ def beacon_loss(seg_logits: torch.Tensor, dense_ft: torch.Tensor, soft_mask: tor
         raise ValueError(
             f"beacon_loss: seg_logits {tuple(seg_logits.shape)}, dense_ft {tuple(dense_ft.shape)}"
             f" and soft_mask {tuple(soft_mask.shape)} must share H x W")
+    n_classes = seg_logits.shape[1]
+    if soft_mask.shape[1] != n_classes or label_bg.shape[-1] != n_classes:
+        raise ValueError(
+            f"beacon_loss: seg_logits {tuple(seg_logits.shape)}, soft_mask "
+            f"{tuple(soft_mask.shape)} and label_bg {tuple(label_bg.shape)} must share C")
     if rng is None:
         rng = random.Random(0)
     mag, bins, pos = beacon_edges(seg_logits, label_bg, beta)

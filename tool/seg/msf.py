@@ -155,8 +155,9 @@ def crf_unary(probs: np.ndarray, confidence: float = 0.5) -> np.ndarray:
     """The released CRF unary -log(clip(confidence * P + (1 - confidence) / C, 1e-5, 1)).
 
     probs: np (C, H, W). Returns np float32 (C, H*W), bit-identical to pydensecrf's
-    ``unary_from_softmax(probs, scale=confidence)`` (METHOD.md 14.6 step 6). At the default
-    0.5 the clip never binds (0.5 / 21 > 1e-5).
+    ``unary_from_softmax(probs, scale=confidence)`` (METHOD.md 14.6 step 6); the uniform term
+    is over the C channels given (21 on VOC, 81 on COCO). At the default 0.5 the clip never
+    binds (0.5 / C > 1e-5 for any C up to 50,000).
     """
     if not 0 < confidence <= 1:
         raise ValueError(f"confidence must be in (0, 1], got {confidence}")
@@ -192,8 +193,9 @@ def crf_refine(img_rgb: np.ndarray, probs: np.ndarray, n_iters: int = 4,
                        gauss_sxy=gauss_sxy / scale_factor, gauss_compat=float(gauss_compat),
                        bi_sxy=bi_sxy / scale_factor, bi_srgb=float(bi_srgb),
                        bi_compat=float(bi_compat))
-    # the project's 21-label CRF builds exactly the released model: Gaussian then bilateral
-    # kernel, Potts compatibilities, unary = crf_unary
+    # the project's full-label CRF (tool.crf.dense_crf, its label count = probs' C) builds
+    # exactly the released model: Gaussian then bilateral kernel, Potts compatibilities,
+    # unary = crf_unary
     return dense_crf(img_rgb, probs, params)
 
 

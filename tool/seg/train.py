@@ -69,7 +69,8 @@ def build_seg_net(args: Namespace) -> SegNet:
     from net.weights import no_weights
     from tool.common.checkpoint import init_from_stage1
 
-    net = SegNet(args.seg_arch, num_classes=21, backbone_weights=args.seg_backbone_weights,
+    net = SegNet(args.seg_arch, num_classes=args.num_classes,
+                 backbone_weights=args.seg_backbone_weights,
                  output_stride=args.seg_output_stride, aux_loss=bool(args.aux_loss),
                  toy_width=args.seg_toy_width)
     if not no_weights(args.seg_init_from_cam):
@@ -138,12 +139,14 @@ def validate(net: SegNet, names: list[str], voc12_root: str, gt_dir: str,
              device: torch.device, crf: bool = False) -> tuple[float, np.ndarray]:
     """Per-epoch validation (METHOD.md 14.5.3, S23): each image at scale 1, no flip, softmax,
     optionally a 1-iteration CRF, argmax; this rank's share under torchrun, the confusion
-    summed over the ranks. Returns (mIoU in percent, per-class IoU (21,) in percent)."""
+    summed over the ranks. The class count C is the network's (``net.num_classes``: 21 VOC,
+    81 COCO). Returns (mIoU in percent, per-class IoU (C,) in percent)."""
     from data.transforms import normalize
 
     was_training = net.training
     net.eval()
-    conf = np.zeros((1, 21, 22), np.int64)
+    n = net.num_classes
+    conf = np.zeros((1, n, n + 1), np.int64)  # confusion_png's layout: [_, gt, pred | none]
     for name in shard(names):
         img = load_image(image_path(voc12_root, name))
         x = torch.from_numpy(normalize(img)).permute(2, 0, 1)[None].float().to(device)
@@ -151,7 +154,7 @@ def validate(net: SegNet, names: list[str], voc12_root: str, gt_dir: str,
         if crf:
             probs = crf_refine(np.asarray(img, np.uint8), probs, n_iters=VAL_CRF_ITERS)
         conf += confusion_png(predict_label(probs), load_mask(Path(gt_dir) / f"{name}.png"),
-                              name)
+                              name, num_classes=n)
     net.train(was_training)
     conf = all_reduce_sum(conf, device)
     iou = iou_from_confusion(conf[0]) * 100
@@ -171,7 +174,7 @@ class SegStage(Stage):
             args.seg_train_list, args.voc12_root, args.mask_root, mask_format=args.mask_type,
             cls_labels=args.cls_labels, crop_size=args.seg_crop_size,
             scale_range=tuple(args.seg_scale_range), jitter=tuple(args.seg_jitter),
-            pad_label=args.pad_label, seed=args.seg_seed)
+            pad_label=args.pad_label, seed=args.seg_seed, num_classes=args.num_classes)
         per_epoch = iterations_per_epoch(len(self.train_set), args.seg_batch_size,
                                          "--seg_batch_size", args.seg_train_list)
         seed_everything(args.seg_seed)  # the same initial heads for a fresh and a resumed run
@@ -242,7 +245,7 @@ def preflight(args: Namespace) -> str:
     data.finish()
     if names:
         for line in check_seg_labels(names, args.voc12_root, args.mask_root, args.mask_type,
-                                     image_sizes=data.sizes):
+                                     image_sizes=data.sizes, num_classes=args.num_classes):
             problems.add(line)
     check_output_folder(problems, args.seg_session, "--seg_session",
                         files=(*RUN_OUTPUTS, "train.log"))
