@@ -9,7 +9,7 @@
 - inference: images/s of the released protocol per image (METHOD.md 14.6): 6 scales x flip
   (12 passes, ``msf_predict``), the 4-iteration dense CRF, the argmax; and the same without
   the CRF, so its share is visible. The network is a randomly initialised SegNet: the CRF
-  keeps all 21 labels, so its cost does not depend on what the network predicts.
+  keeps all the labels (21 on VOC), so its cost does not depend on what the network predicts.
 """
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from data.description import VOC12
 from net.backbones import build_backbone
 from net.cam_net import CAMNet
 from tool.common.errors import UserError, cli_main
@@ -145,9 +146,9 @@ def estimate_seg(arch: str, crop: int, size: int) -> dict:
 
     spec = SEG_MODELS[arch]
     torch.manual_seed(0)
-    net = SegNet(arch, num_classes=21).train()
+    net = SegNet(arch, num_classes=VOC12.num_classes).train()  # the README's table: VOC
     x = torch.randn(spec.batch, 3, size, size)
-    target = torch.randint(0, 21, (spec.batch, size, size))
+    target = torch.randint(0, VOC12.num_classes, (spec.batch, size, size))
 
     def train_pass() -> tuple[torch.Tensor, list[torch.Tensor]]:
         out = net.forward_train(x)
