@@ -277,8 +277,8 @@ def test_worker_bug_is_a_runtime_error_with_its_traceback(tmp_path, monkeypatch)
     names, pdir, gdir = write_case(tmp_path, preds, gts, "npy")
     real = ev.confusion_file
 
-    def buggy(name, *args):
-        return 1 / 0 if name == names[1] else real(name, *args)
+    def buggy(name, *args, **kwargs):
+        return 1 / 0 if name == names[1] else real(name, *args, **kwargs)
 
     monkeypatch.setattr(ev, "confusion_file", buggy)
     with pytest.raises(RuntimeError, match=r"(?s)a worker process failed:.*ZeroDivisionError"):
