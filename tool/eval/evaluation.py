@@ -247,6 +247,42 @@ def fg_max_argmax(pred: dict[int, np.ndarray], shape: tuple[int, int],
     return m, label
 
 
+def _sorted_thresholds(thresholds: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 thresholds in ascending order, the stable order that sorts the given ones)."""
+    thr = _as_thresholds(thresholds).astype(np.float32)  # the reference compares in float32
+    order = np.argsort(thr, kind="stable")
+    return thr[order], order
+
+
+def _npy_counts(pred: dict[int, np.ndarray], gt: np.ndarray, thr_sorted: np.ndarray,
+                where: str, num_classes: int) -> np.ndarray:
+    """Pixel counts of one CAM dict by (number of thresholds below its max m, gt, label):
+    int64 (T + 1, C, C). Counts of several images add up; :func:`_conf_from_counts` turns a
+    sum into confusions once (for C = 81 that costs more than the counting of an image)."""
+    lay = _layout(num_classes)
+    gt = _check_gt(gt, where, num_classes)
+    m, label = fg_max_argmax(pred, gt.shape, where, gt, num_classes=num_classes)
+    # thresholds strictly below m predict the foreground label, the others background
+    n_below = np.searchsorted(thr_sorted, m, side="left")
+    n_t, c = len(thr_sorted), lay.num_classes
+    rows = lay.gt_row[gt]  # ignored pixels go to a spare row, dropped below
+    hist = np.bincount(((n_below * (c + 1) + rows) * c + label).ravel(),
+                       minlength=(n_t + 1) * (c + 1) * c)
+    return hist.reshape(n_t + 1, c + 1, c)[:, :c].astype(np.int64, copy=False)
+
+
+def _conf_from_counts(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(T + 1, C, C) counts of :func:`_npy_counts` -> (T, C, C) confusions in the thresholds'
+    given order (``order`` of :func:`_sorted_thresholds`)."""
+    n_t = len(order)
+    # threshold j (sorted): foreground from pixels with n_below > j, background from the rest
+    conf_sorted = np.cumsum(counts[::-1], axis=0)[::-1][1:]
+    conf_sorted[:, :, 0] += np.cumsum(counts.sum(axis=2), axis=0)[:n_t]
+    conf = np.empty_like(conf_sorted)
+    conf[order] = conf_sorted
+    return conf
+
+
 def confusion_npy(pred: dict[int, np.ndarray], gt: np.ndarray,
                   thresholds: Sequence[float] | np.ndarray,
                   where: str = "prediction", *, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -256,24 +292,8 @@ def confusion_npy(pred: dict[int, np.ndarray], gt: np.ndarray,
     thresholds: (T,); C = num_classes (21 VOC, 81 COCO). Returns int64 (T, C, C) indexed
     [threshold, gt, pred], thresholds in the given order.
     """
-    thr = _as_thresholds(thresholds).astype(np.float32)  # the reference compares in float32
-    lay = _layout(num_classes)
-    gt = _check_gt(gt, where, num_classes)
-    m, label = fg_max_argmax(pred, gt.shape, where, gt, num_classes=num_classes)
-    order = np.argsort(thr, kind="stable")
-    # thresholds strictly below m predict the foreground label, the others background
-    n_below = np.searchsorted(thr[order], m, side="left")
-    n_t, c = len(thr), lay.num_classes
-    rows = lay.gt_row[gt]  # ignored pixels go to a spare row, dropped below
-    hist = np.bincount(((n_below * (c + 1) + rows) * c + label).ravel(),
-                       minlength=(n_t + 1) * (c + 1) * c)
-    hist = hist.reshape(n_t + 1, c + 1, c)[:, :c].astype(np.int64)
-    # threshold j (sorted): foreground from pixels with n_below > j, background from the rest
-    conf_sorted = np.cumsum(hist[::-1], axis=0)[::-1][1:].copy()
-    conf_sorted[:, :, 0] += np.cumsum(hist.sum(axis=2), axis=0)[:n_t]
-    conf = np.empty_like(conf_sorted)
-    conf[order] = conf_sorted
-    return conf
+    thr, order = _sorted_thresholds(thresholds)
+    return _conf_from_counts(_npy_counts(pred, gt, thr, where, num_classes), order)
 
 
 def confusion_png(pred: np.ndarray, gt: np.ndarray, where: str = "prediction", *,
@@ -358,11 +378,10 @@ def load_cam_dict(path: str | os.PathLike) -> dict:
     return obj.item()
 
 
-def confusion_file(name: str, predict_dir: str | os.PathLike, gt_dir: str | os.PathLike,
-                   kind: str, thresholds: np.ndarray | None, *,
-                   num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Confusion of ``<predict_dir>/<name>.<kind>`` against ``<gt_dir>/<name>.png``:
-    (T, C, C) for npy, (1, C, C + 1) for png, C = num_classes."""
+def _file_counts(name: str, predict_dir: str | os.PathLike, gt_dir: str | os.PathLike,
+                 kind: str, thr_sorted: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """One file's summable counts: npy (T + 1, C, C) of :func:`_npy_counts`, png its
+    (1, C, C + 1) confusion."""
     pred_path = Path(predict_dir) / f"{name}.{kind}"
     if not pred_path.is_file():
         raise UserError(f"prediction not found: {pred_path}")
@@ -371,20 +390,30 @@ def confusion_file(name: str, predict_dir: str | os.PathLike, gt_dir: str | os.P
     if kind == "png":
         return confusion_png(load_mask(pred_path), gt, where=str(pred_path),
                              num_classes=num_classes)
-    return confusion_npy(load_cam_dict(pred_path), gt, thresholds, where=str(pred_path),
-                         num_classes=num_classes)
+    return _npy_counts(load_cam_dict(pred_path), gt, thr_sorted, str(pred_path), num_classes)
+
+
+def confusion_file(name: str, predict_dir: str | os.PathLike, gt_dir: str | os.PathLike,
+                   kind: str, thresholds: np.ndarray | None, *,
+                   num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Confusion of ``<predict_dir>/<name>.<kind>`` against ``<gt_dir>/<name>.png``:
+    (T, C, C) for npy, (1, C, C + 1) for png, C = num_classes."""
+    return _confusion_chunk(([name], predict_dir, gt_dir, kind, thresholds, num_classes))
 
 
 def _confusion_chunk(job: tuple) -> np.ndarray:
     """Summed confusion of one job ``(names, predict_dir, gt_dir, kind, thresholds,
-    num_classes)``."""
+    num_classes)``: the files' counts are summed, then turned into confusions once."""
     names, predict_dir, gt_dir, kind, thresholds, num_classes = job
+    thr, order = (None, None) if kind == "png" else _sorted_thresholds(thresholds)
     total = None
     for name in names:
-        conf = confusion_file(name, predict_dir, gt_dir, kind, thresholds,
-                              num_classes=num_classes)
-        total = conf if total is None else total + conf
-    return total
+        counts = _file_counts(name, predict_dir, gt_dir, kind, thr, num_classes)
+        if total is None:
+            total = counts.copy()  # owned and contiguous: summed in place
+        else:
+            total += counts
+    return total if kind == "png" else _conf_from_counts(total, order)
 
 
 def default_num_workers() -> int:
