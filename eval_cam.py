@@ -1,8 +1,10 @@
-"""Evaluate CAM dicts (npy) or label maps (png) against VOC masks: mIoU, curve, logs.
+"""Evaluate CAM dicts (npy) or label maps (png) against VOC or COCO masks: mIoU, curve, logs.
 
 Flags follow the MuSCLe/SEAM evaluator (``--list --predict_dir --gt_dir --type --t --curve
---comment --logfile``) plus ``--t_range --json --plot --num_workers``. The last stdout line
-is always ``mIoU: XX.XX% at t=T``; for ``--type png``, which has no threshold, T is ``-``.
+--comment --logfile``) plus ``--t_range --json --plot --num_workers --num_classes`` (21 = PASCAL
+VOC 2012, the default; 81 = MS COCO 2014: mIoU over 81 classes, COCO names in the table). The
+last stdout line is always ``mIoU: XX.XX% at t=T``; for ``--type png``, which has no threshold,
+T is ``-``.
 
     python eval_cam.py --list train.txt --predict_dir out_sgc --gt_dir SegmentationClass --curve
 
@@ -19,7 +21,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from data.voc import load_img_name_list
+from data.description import DESCRIPTIONS
+from data.voc import NUM_CLASSES, load_img_name_list
 from tool.common.config import str2bool
 from tool.common.errors import UserError, cli_main
 from tool.common.fileio import save_text
@@ -48,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="PATH", help="PNG of mIoU vs threshold")
     p.add_argument("--num_workers", type=int, default=ev.default_num_workers(),
                    help="processes (0 or 1 = this process)")
+    p.add_argument("--num_classes", type=int, choices=sorted(DESCRIPTIONS), default=NUM_CLASSES,
+                   help="classes with background: " + ", ".join(
+                       f"{n} = {d.title}" for n, d in sorted(DESCRIPTIONS.items()))
+                   + f" (default {NUM_CLASSES})")
     p.add_argument("--t_b", type=float, default=None,
                    help="--compare, npy: threshold of DIR_B (default: --t)")
     p.add_argument("--resamples", type=int, default=paired.DEFAULT_RESAMPLES,
@@ -101,7 +108,7 @@ def main_compare(args: argparse.Namespace) -> paired.PairedResult:
     names = load_img_name_list(args.list)
     res = paired.compare_folders(names, args.compare[0], args.compare[1], args.gt_dir,
                                  args.type, t_a, t_b, args.resamples, args.seed,
-                                 args.num_workers)
+                                 args.num_workers, num_classes=args.num_classes)
     lines = res.lines()
     if args.json:
         thr = [None, None] if args.type == "png" else [[t_a], [t_b]]
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> ev.CurveResult | paired.PairedResult:
     thresholds = thresholds_from_args(args)
     names = load_img_name_list(args.list)
     res = ev.evaluate(names, args.predict_dir, args.gt_dir, args.type, thresholds,
-                      args.num_workers)
+                      args.num_workers, num_classes=args.num_classes)
     report.save_result(res, args.json, args.plot, args.logfile, args.comment, vars(args))
     print("\n".join(report.printed_lines(res)))
     return res

@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from data.voc import load_mask
 from tool.common.errors import UserError
 from tool.dev import bench, bench_eval, bench_refine, model_memory
 from tool.dev.bench_crf import CLASS_COUNT_P, bench_crf, make_batch
+from tool.eval import evaluation as ev
 
 
 def test_bench_eval_section_runs_and_curves_agree(tmp_path, capsys):
@@ -20,13 +22,45 @@ def test_bench_eval_section_runs_and_curves_agree(tmp_path, capsys):
     lst.write_text("\n".join(names) + "\n")
     res = bench.main(["--only", "eval", "--voc12_root", str(tmp_path / "voc"),
                       "--eval_t_range", "0.1:0.5:0.1", "--eval_workers", "2",
-                      "--eval_repeats", "1", "--json", str(tmp_path / "b.json")])
+                      "--eval_repeats", "1", "--eval_coco_images", "4",
+                      "--eval_coco_size", "24,32", "--json", str(tmp_path / "b.json")])
     r = res["eval"]
     assert r["identical"] and r["images"] == 3 and r["thresholds"] == 4
     assert json.loads((tmp_path / "b.json").read_text())["eval"]["speedup"] == r["speedup"]
-    assert "curves identical: True" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "curves identical: True" in out
+    # the 81-class run: N/4, N/2, N images, each in its own process, 2 workers from 2 images
+    coco = r["coco"]
+    assert [run["images"] for run in coco["runs"]] == [1, 2, 4] and coco["workers"] == 2
+    assert [run["workers"] for run in coco["runs"]] == [1, 2, 2]
+    for run in coco["runs"]:
+        assert run["thresholds"] == 4 and run["images_per_s"] > 0
+        assert run["peak_rss_growth_mb"] >= 0 and 0 < run["classes_in_gt"] <= 81
+        assert (run["worker_peak_rss_growth_mb"] is None) == (run["workers"] == 1)
+    assert coco["projected_coco_val_s"] == pytest.approx(40137 / coco["runs"][-1]["images_per_s"])
+    assert "eval, 81 classes: 24x32 images x 4 thresholds in one pass, 2 worker processes" in out
+    assert "projected for COCO val (40,137 images)" in out
     with pytest.raises(UserError, match="unknown section"):
         bench.main(["--only", "eval,nope"])
+
+
+def test_bench_eval_coco_images_are_coco_like(tmp_path):
+    """The generated 81-class case: masks with labels up to 80 and 255 borders, dicts keyed
+    0-based by the masks' classes; the evaluator agrees with the reference way on it."""
+    assert bench_eval.write_coco_case(tmp_path, 6, (24, 32), workers=2) > 0
+    names = [bench_eval.coco_name(i) for i in range(6)]
+    gts = [load_mask(tmp_path / "gt" / f"{n}.png") for n in names]
+    dicts = [np.load(tmp_path / "cams" / f"{n}.npy", allow_pickle=True).item() for n in names]
+    assert max(int(g[g != 255].max()) for g in gts) > 20 and all((g == 255).any() for g in gts)
+    for g, d in zip(gts, dicts):
+        assert sorted(k + 1 for k in d) == sorted(set(np.unique(g).tolist()) - {0, 255})
+        assert all(v.dtype == np.float32 and v.shape == (24, 32) for v in d.values())
+    res = ev.evaluate(names, tmp_path / "cams", tmp_path / "gt", "npy", [0.2, 0.4], 0,
+                      num_classes=81)
+    for t, miou in zip([0.2, 0.4], res.miou):
+        counts = bench_eval.reference_counts(zip(dicts, gts), t, num_classes=81)
+        assert miou == pytest.approx(bench_eval.reference_miou(*counts), abs=1e-9)
+    assert bench_eval.coco_counts(2000) == [500, 1000, 2000] and bench_eval.coco_counts(1) == [1]
 
 
 @pytest.mark.parametrize("source", ["toy", "photo", "smooth"])

@@ -275,12 +275,12 @@ def test_worker_bug_is_a_runtime_error_with_its_traceback(tmp_path, monkeypatch)
     so the pool always shuts down normally); the workers are forked with the patch."""
     preds, gts = random_case(np.random.default_rng(4), n=4)
     names, pdir, gdir = write_case(tmp_path, preds, gts, "npy")
-    real = ev.confusion_file
+    real = ev._file_counts
 
     def buggy(name, *args):
         return 1 / 0 if name == names[1] else real(name, *args)
 
-    monkeypatch.setattr(ev, "confusion_file", buggy)
+    monkeypatch.setattr(ev, "_file_counts", buggy)
     with pytest.raises(RuntimeError, match=r"(?s)a worker process failed:.*ZeroDivisionError"):
         ev.evaluate(names, pdir, gdir, "npy", [0.3], num_workers=2)
     assert multiprocessing.active_children() == []

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,58 @@ def worker_main(add_args: Callable[[argparse._ArgumentGroup], None],
     finally:
         cleanup_distributed()
     save_text(Path(args.worker_out) / f"rank{rank_world()[0]}.json", json.dumps(res))
+
+
+def hw_arg(text: str) -> tuple[int, int]:
+    """argparse type of an image size flag: ``H,W`` -> (H, W), both positive."""
+    try:
+        H, W = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W, got {text!r}") from None
+    if H < 1 or W < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive H,W, got {text!r}")
+    return H, W
+
+
+def rss_kb() -> float:
+    """This process's current resident set in KB (Linux); the peak so far elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+    except OSError:
+        return maxrss_kb()
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident set (``VmHWM``) afresh at its current resident set
+    (Linux >= 4.0: ``/proc/self/clear_refs``), so :func:`peak_rss_kb` measures from here and
+    not from an import's or the parent's peak; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_kb() -> float:
+    """This process's peak resident set in KB since :func:`reset_peak_rss` (``VmHWM``);
+    ``ru_maxrss`` where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return maxrss_kb()
+
+
+def maxrss_kb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident set in KB of this process (``RUSAGE_SELF``) or of its largest waited-for
+    child (``RUSAGE_CHILDREN``)."""
+    peak = resource.getrusage(who).ru_maxrss
+    return peak / 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KB on Linux
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,7 +24,7 @@ import numpy as np
 import torch
 
 from tool.common.errors import UserError, cli_main
-from tool.dev.bench import print_table
+from tool.dev.bench import hw_arg, maxrss_kb, print_table, rss_kb
 from tool.irn.path_index import PathIndex
 from tool.irn.random_walk import refine_cams
 
@@ -87,20 +85,6 @@ def analytic_mb(size: tuple[int, int], channels: int, engine: str, radius: int =
     return (total + nnz * (4 + 8) + (n + 1) * 8 + 3 * channels * n * 4) / MB
 
 
-def _rss_kb() -> float:
-    """Current resident set in KB (Linux); the peak so far elsewhere."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
-    except OSError:
-        return _maxrss_kb()
-
-
-def _maxrss_kb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KB on Linux
-
-
 def measure(engine: str, size: tuple[int, int], classes: int, beta: float, exp_times: int,
             radius: int, repeats: int, present_only: bool, seed: int = 0
             ) -> tuple[dict, np.ndarray]:
@@ -113,14 +97,14 @@ def measure(engine: str, size: tuple[int, int], classes: int, beta: float, exp_t
 
     once(*synthetic_case((40, 48), classes, seed), (40, 48))  # warm-up: kernels, thread pool
     edge, cams = synthetic_case(size, classes, seed)
-    base = _rss_kb()
+    base = rss_kb()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         label = once(edge, cams, size)
         times.append(time.perf_counter() - t0)
     channels = classes if present_only else 20
-    return {"seconds": min(times), "peak_rss_growth_mb": max(0.0, _maxrss_kb() - base) / 1024,
+    return {"seconds": min(times), "peak_rss_growth_mb": max(0.0, maxrss_kb() - base) / 1024,
             "analytic_mb": analytic_mb(size, channels, engine, radius), "channels": channels,
             "threads": torch.get_num_threads()}, label
 
@@ -170,19 +154,9 @@ def bench_refine(size: tuple[int, int] = (375, 500), classes: int = 3, beta: flo
     return res
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        H, W = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H,W, got {text!r}") from None
-    if H < 1 or W < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive H,W, got {text!r}")
-    return H, W
-
-
 def add_args(group: argparse._ArgumentGroup) -> None:
     """Options of the ``refine`` section of ``python -m tool.dev.bench``."""
-    group.add_argument("--refine_size", type=_size, default=(375, 500), metavar="H,W",
+    group.add_argument("--refine_size", type=hw_arg, default=(375, 500), metavar="H,W",
                        help="image size; the walk runs on its stride-4 grid (default 375,500)")
     group.add_argument("--refine_classes", type=int, default=3)
     group.add_argument("--refine_beta", type=float, default=8)

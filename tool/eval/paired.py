@@ -5,7 +5,7 @@ Two complementary numbers, both on the same per-image confusion matrices (tool/e
 semantics: npy dicts at one background threshold per folder, png label maps as they are):
 
 * paired t-test on a per-image score, as the released ``t_statistic.py`` does (scipy
-  ``ttest_rel``). The score of an image is its own mIoU: the mean over all 21 classes of
+  ``ttest_rel``). The score of an image is its own mIoU: the mean over all C classes of
   IoU_c = TP_c / (T_c + P_c - TP_c + 1e-10) counted on that image alone, so a class absent from
   both its GT and its prediction contributes 0 (the release's definition, not a "present classes
   only" mean). Scores are in percent here (the release uses fractions; t and p are the same).
@@ -16,7 +16,7 @@ semantics: npy dicts at one background threshold per folder, png label maps as t
 
     from tool.eval import paired
     res = paired.compare_folders(names, "out_a", "out_b", "VOC2012/SegmentationClass",
-                                 kind="npy", t_a=0.30, t_b=0.25)
+                                 kind="npy", t_a=0.30, t_b=0.25)  # num_classes=81: COCO
     res.to_json()  # {"n", "mean_diff", "t", "p_value", "ci95", "miou_a", "miou_b", ...}
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.voc import NUM_CLASSES
 from tool.common.errors import UserError
 from tool.eval import evaluation as ev
 from tool.eval.report import format_t
@@ -42,10 +43,10 @@ BOOT_CHUNK = 256  # resamples per contraction: (256, n) weights, ~22 MB for 1058
 
 
 def _confusion_stack(job: tuple) -> np.ndarray:
-    """Per-image confusions of one chunk of names: (k, 21, 21|22) int64, in list order."""
-    names, predict_dir, gt_dir, kind, thresholds = job
-    return np.stack([ev.confusion_file(name, predict_dir, gt_dir, kind, thresholds)[0]
-                     for name in names])
+    """Per-image confusions of one chunk of names: (k, C, C|C + 1) int64, in list order."""
+    names, predict_dir, gt_dir, kind, thresholds, num_classes = job
+    return np.stack([ev.confusion_file(name, predict_dir, gt_dir, kind, thresholds,
+                                       num_classes=num_classes)[0] for name in names])
 
 
 def _check_inputs(names: Sequence[str], predict_dir: str | os.PathLike,
@@ -65,23 +66,26 @@ def _check_inputs(names: Sequence[str], predict_dir: str | os.PathLike,
 
 def per_image_confusions(names: Sequence[str], predict_dir: str | os.PathLike,
                          gt_dir: str | os.PathLike, kind: str = "npy", t: float | None = None,
-                         num_workers: int | None = None) -> np.ndarray:
+                         num_workers: int | None = None, *,
+                         num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Confusion of every ``<predict_dir>/<name>.<kind>`` against ``<gt_dir>/<name>.png``.
 
     kind npy needs the background threshold t (one per folder); png ignores it. Returns int64
-    (n, 21, 21) for npy or (n, 21, 22) for png (extra no-class column, see tool/eval/evaluation.py),
-    in the order of ``names``. num_workers: processes (default min(8, cpus); 0 or 1 = here).
+    (n, C, C) for npy or (n, C, C + 1) for png (extra no-class column, see
+    tool/eval/evaluation.py), C = num_classes (21 VOC, 81 COCO), in the order of ``names``.
+    num_workers: processes (default min(8, cpus); 0 or 1 = here).
     File errors are UserErrors naming the file, raised in the caller even from a worker.
     """
     names = list(names)
     _check_inputs(names, predict_dir, gt_dir, kind, t)
+    ev.check_num_classes(num_classes)  # a bad count fails before any file is read
     thr = None if kind == "png" else np.array([float(t)], np.float64)
     workers = ev.default_num_workers() if num_workers is None else int(num_workers)
     workers = min(max(workers, 1), len(names))
     # chunked like evaluation.accumulate, but kept per image and in order (imap, not summed)
     n_chunks = min(len(names), workers * 4)
     bounds = np.linspace(0, len(names), n_chunks + 1).astype(int)
-    jobs = [(names[a:b], predict_dir, gt_dir, kind, thr)
+    jobs = [(names[a:b], predict_dir, gt_dir, kind, thr, num_classes)
             for a, b in zip(bounds[:-1], bounds[1:])]
     if workers == 1:
         return np.concatenate([_confusion_stack(job) for job in jobs])
@@ -92,17 +96,22 @@ def per_image_confusions(names: Sequence[str], predict_dir: str | os.PathLike,
 
 
 def per_image_miou(conf: np.ndarray) -> np.ndarray:
-    """Per-image score of the released t_statistic.py, in percent: (n, 21, 21|22) -> (n,).
+    """Per-image score of the released t_statistic.py, in percent: (n, C, C|C + 1) -> (n,).
 
-    The mean over all 21 classes of the image's own IoU_c, so classes absent from both the GT
+    The mean over all C classes of the image's own IoU_c, so classes absent from both the GT
     and the prediction of that image count as 0.
     """
     return _miou_rows(conf)
 
 
 def _miou_rows(conf: np.ndarray) -> np.ndarray:
-    """Dataset mIoU in percent of each stacked matrix: (..., 21, 21|22) -> (...)."""
-    return ev.iou_from_confusion(conf).mean(axis=-1) * 100
+    """Dataset mIoU in percent of each stacked matrix: (..., C, C|C + 1) -> (...)."""
+    return _miou_of_counts(ev.confusion_counts(conf))
+
+
+def _miou_of_counts(counts: np.ndarray) -> np.ndarray:
+    """Dataset mIoU in percent of stacked (TP, T, P) counts: (..., 3, C) -> (...)."""
+    return ev.iou_from_counts(counts).mean(axis=-1) * 100
 
 
 def bootstrap_weights(n: int, resamples: int, seed: int = 0,
@@ -127,18 +136,22 @@ def bootstrap_miou_diffs(conf_a: np.ndarray, conf_b: np.ndarray,
                          chunk: int = BOOT_CHUNK) -> np.ndarray:
     """Dataset mIoU difference A - B (percent points) of every bootstrap resample: (resamples,).
 
-    conf_a, conf_b: per-image confusions (n, 21, 21|22) of the same images in the same order;
+    conf_a, conf_b: per-image confusions (n, C, C|C + 1) of the same images in the same order;
     both use the same resampled images (a paired bootstrap).
     """
     n = len(conf_a)
-    # float64 holds integer counts exactly up to 2**53, far above any VOC pixel count
-    flat_a = conf_a.reshape(n, -1).astype(np.float64)
-    flat_b = conf_b.reshape(n, -1).astype(np.float64)
+    # IoU needs only TP, T and P per class: (n, 3C) instead of (n, C(C + 1)) numbers, which
+    # for COCO (C = 81) is 27x less memory and work. float64 holds integer counts exactly up
+    # to 2**53, far above any VOC or COCO pixel count, so the sums are exact.
+    counts_a = ev.confusion_counts(conf_a)
+    counts_b = ev.confusion_counts(conf_b)
+    flat_a = counts_a.reshape(n, -1).astype(np.float64)
+    flat_b = counts_b.reshape(n, -1).astype(np.float64)
     out = []
     for w in bootstrap_weights(n, resamples, seed, chunk):
         w = w.astype(np.float64)
-        ma = _miou_rows((w @ flat_a).reshape((len(w),) + conf_a.shape[1:]))
-        mb = _miou_rows((w @ flat_b).reshape((len(w),) + conf_b.shape[1:]))
+        ma = _miou_of_counts((w @ flat_a).reshape((len(w),) + counts_a.shape[1:]))
+        mb = _miou_of_counts((w @ flat_b).reshape((len(w),) + counts_b.shape[1:]))
         out.append(ma - mb)
     return np.concatenate(out)
 
@@ -160,7 +173,7 @@ class PairedResult:
     (two-sided; NaN when n < 2 or all differences are equal, +-inf when they are equal and
     non-zero); ci95: bootstrap 95% interval of miou_a - miou_b (percent points);
     scores_a, scores_b: float64 (n,) per-image scores in %; confusion_a, confusion_b: the
-    summed (21, 21|22) matrices (eval_cam's confusion of each folder).
+    summed (C, C|C + 1) matrices (eval_cam's confusion of each folder).
     """
 
     n: int
@@ -225,14 +238,18 @@ def paired_test(conf_a: np.ndarray, conf_b: np.ndarray, resamples: int = DEFAULT
                 seed: int = 0) -> PairedResult:
     """Paired t-test and bootstrap CI from per-image confusions of the same images.
 
-    conf_a, conf_b: (n, 21, 21|22) from :func:`per_image_confusions` (widths may differ).
+    conf_a, conf_b: (n, C, C|C + 1) from :func:`per_image_confusions` (widths may differ;
+    the class count C must be the same).
     """
     from scipy import stats
 
     conf_a, conf_b = np.asarray(conf_a), np.asarray(conf_b)
     if conf_a.ndim != 3 or conf_b.ndim != 3 or len(conf_a) != len(conf_b) or not len(conf_a):
-        raise ValueError(f"need two (n, 21, 21|22) stacks of the same n >= 1, got "
+        raise ValueError(f"need two (n, C, C|C + 1) stacks of the same n >= 1, got "
                          f"{conf_a.shape} and {conf_b.shape}")
+    if conf_a.shape[1] != conf_b.shape[1]:
+        raise ValueError(f"the two stacks count different classes: {conf_a.shape} and "
+                         f"{conf_b.shape}")
     _check_bootstrap(resamples, seed)
     n = len(conf_a)
     scores_a, scores_b = per_image_miou(conf_a), per_image_miou(conf_b)
@@ -255,13 +272,16 @@ def paired_test(conf_a: np.ndarray, conf_b: np.ndarray, resamples: int = DEFAULT
 def compare_folders(names: Sequence[str], dir_a: str | os.PathLike, dir_b: str | os.PathLike,
                     gt_dir: str | os.PathLike, kind: str = "npy", t_a: float | None = None,
                     t_b: float | None = None, resamples: int = DEFAULT_RESAMPLES,
-                    seed: int = 0, num_workers: int | None = None) -> PairedResult:
+                    seed: int = 0, num_workers: int | None = None, *,
+                    num_classes: int = NUM_CLASSES) -> PairedResult:
     """Paired comparison of ``dir_a`` and ``dir_b`` over ``names`` against ``gt_dir``.
 
     npy: A is scored at threshold t_a and B at t_b (t_b None = t_a); png: no thresholds.
+    num_classes: 21 (PASCAL VOC 2012) or 81 (MS COCO 2014), as :func:`ev.evaluate`.
     Flags are checked before any file is read.
     """
     _check_bootstrap(resamples, seed)
+    ev.check_num_classes(num_classes)
     if kind == "npy" and t_b is None:
         t_b = t_a
     if kind == "png":
@@ -269,8 +289,10 @@ def compare_folders(names: Sequence[str], dir_a: str | os.PathLike, dir_b: str |
     names = list(names)
     for folder, t in ((dir_a, t_a), (dir_b, t_b)):  # both before the first (long) pass
         _check_inputs(names, folder, gt_dir, kind, t)
-    conf_a = per_image_confusions(names, dir_a, gt_dir, kind, t_a, num_workers)
-    conf_b = per_image_confusions(names, dir_b, gt_dir, kind, t_b, num_workers)
+    conf_a = per_image_confusions(names, dir_a, gt_dir, kind, t_a, num_workers,
+                                  num_classes=num_classes)
+    conf_b = per_image_confusions(names, dir_b, gt_dir, kind, t_b, num_workers,
+                                  num_classes=num_classes)
     res = paired_test(conf_a, conf_b, resamples, seed)
     res.t_a = None if t_a is None else float(t_a)
     res.t_b = None if t_b is None else float(t_b)

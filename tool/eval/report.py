@@ -25,8 +25,11 @@ def result_line(res: CurveResult) -> str:
 
 
 def per_class_table(res: CurveResult) -> str:
-    lines = [f"{'class':<14}{'IoU %':>8}"]
-    lines += [f"{name:<14}{iou:>8.2f}" for name, iou in res.per_class.items()]
+    """``class  IoU %``, one line per class by label value (21 for VOC, 81 for COCO, whose
+    names, such as ``baseball glove``, set a wider name column)."""
+    width = max(14, 2 + max(map(len, res.per_class), default=0))
+    lines = [f"{'class':<{width}}{'IoU %':>8}"]
+    lines += [f"{name:<{width}}{iou:>8.2f}" for name, iou in res.per_class.items()]
     return "\n".join(lines)
 
 
