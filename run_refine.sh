@@ -13,7 +13,7 @@ NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per 
 
 source tool/launcher.sh          # RUN: "$PY", or torchrun when NPROC > 1
 eval "$("$PY" -m tool.common.config --config "$CONFIG" "$@" --get session_name voc12_root \
-    train_list infer_list gt sem_seg_out_dir device threads allow_pickle)"
+    train_list infer_list gt sem_seg_out_dir device threads allow_pickle num_classes)"
 CAM_TRAIN=${CAM_TRAIN:-$SESSION_NAME/infer_train/npy_sgc}  # CAMs of train_list (IR labels)
 CAM_DIR=${CAM_DIR:-$SESSION_NAME/infer/npy_sgc}            # CAMs of infer_list (run_infer.sh)
 
@@ -22,9 +22,10 @@ CAM_DIR=${CAM_DIR:-$SESSION_NAME/infer/npy_sgc}            # CAMs of infer_list 
 "${RUN[@]}" infer_cam.py --config "$CONFIG" --weights "$SESSION_NAME/best.ckpt" \
     --session_name "$SESSION_NAME" --voc12_root "$VOC12_ROOT" --infer_list "$TRAIN_LIST" \
     --device "$DEVICE" --threads "$THREADS" --allow_pickle "$ALLOW_PICKLE" \
+    --num_classes "$NUM_CLASSES" \
     --out_npy "$CAM_TRAIN" --out_cam_npy None --out_png None --out_vis None --crf False
 "$PY" make_ir_labels.py --config "$CONFIG" --cam_dir "$CAM_TRAIN" "$@"
 "${RUN[@]}" train_irn.py --config "$CONFIG" --cam_dir "$CAM_TRAIN" "$@"
 "${RUN[@]}" infer_irn.py --config "$CONFIG" --cam_dir "$CAM_DIR" "$@"
 "$PY" eval_cam.py --type png --list "$INFER_LIST" --predict_dir "${SEM_SEG_OUT_DIR}_png" \
-    --gt_dir "$GT" --logfile "$SEM_SEG_OUT_DIR.eval.log"
+    --gt_dir "$GT" --num_classes "$NUM_CLASSES" --logfile "$SEM_SEG_OUT_DIR.eval.log"
