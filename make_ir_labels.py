@@ -4,10 +4,10 @@
         --ir_label_out_dir runs/toy/ir_label
 
 Labels every image of ``--train_list`` (train_aug) into ``<ir_label_out_dir>/<name>.png``:
-0 = confident background, c = VOC class c, 255 = uncertain. ``--irn_preset irn`` takes IRN's
-thresholds (0.30 / 0.05) instead of the default plmix ones (0.40 / 0.10). Rerunning the same
-command skips the finished images; a folder holding labels of other settings is refused
-unless ``--overwrite``.
+0 = confident background, c = class c (1..20 on VOC, 1..80 on COCO: ``num_classes``), 255 =
+uncertain. ``--irn_preset irn`` takes IRN's thresholds (0.30 / 0.05) instead of the default
+plmix ones (0.40 / 0.10). Rerunning the same command skips the finished images; a folder
+holding labels of other settings is refused unless ``--overwrite``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """IRN training samples: an augmented crop and the pair labels of its IR label (METHOD.md 13.5.1).
 
-For each image the JPEG and its IR label PNG (0 background, 1..20 class, 255 uncertain) are
+For each image the JPEG and its IR label PNG (0 background, 1..num_fg class, 255 uncertain) are
 rescaled together, the image normalised, both flipped and cropped with one box, and the label
 reduced to the stride-4 grid, where every (source, direction) pair of the ``PathIndex`` gets a
 label: background-positive, foreground-positive, negative, or none (an ignored end).
@@ -28,6 +28,7 @@ from data.voc import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NUM_CLASSES,
     image_path,
     load_image,
     load_img_name_list,
@@ -83,6 +84,8 @@ class IRNAffinityDataset(EpochDataset):
         hflip: flip image and label together with probability 0.5.
         seed: base seed of the per-sample generators.
         mean, std: normalisation (ImageNet).
+        num_classes: classes with background (21 on VOC, 81 on COCO); label values from it up
+            count as ignored (``affinity_labels``).
 
     ``__getitem__`` returns a dict: name (str); img (3, crop, crop) float32, normalised, zero
     (the mean colour) where the crop extends past the image; aff_bg_pos_label,
@@ -94,7 +97,8 @@ class IRNAffinityDataset(EpochDataset):
                  ir_label_dir: PathLike, path_index: PairIndex, crop_size: int = 512,
                  rescale: Sequence[float] | None = (0.5, 1.5), hflip: bool = True,
                  seed: int = 0, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, *, num_classes: int = NUM_CLASSES
+                 ) -> None:
         names = load_img_name_list(list) if isinstance(list, (str, os.PathLike)) else [*list]
         if not names:
             raise UserError("the image list is empty")
@@ -122,6 +126,7 @@ class IRNAffinityDataset(EpochDataset):
         self.rescale, self.hflip = rescale, bool(hflip)
         self.seed, self.epoch = int(seed), 0
         self.mean, self.std = mean, std
+        self.num_classes = int(num_classes)
         # Workers get a copy of the dataset: keep the small index arrays, not the path index.
         self.src_indices = torch.from_numpy(path_index.src_indices)
         self.dst_indices = torch.from_numpy(path_index.dst_indices)
@@ -141,7 +146,8 @@ class IRNAffinityDataset(EpochDataset):
 
     def __getitem__(self, index: int) -> dict:
         img, label = self.transform(*self.load(index), index)
-        bg_pos, fg_pos, neg = affinity_labels(label, self.src_indices, self.dst_indices)
+        bg_pos, fg_pos, neg = affinity_labels(label, self.src_indices, self.dst_indices,
+                                              num_classes=self.num_classes)
         return {"name": self.names[index], "img": img, "aff_bg_pos_label": bg_pos,
                 "aff_fg_pos_label": fg_pos, "aff_neg_label": neg}
 

@@ -143,6 +143,32 @@ def test_dense_and_sparse_engines_agree(toy, tmp_path):
         np.testing.assert_array_equal(dense[n], pngs(tmp_path / "p_png")[n])
 
 
+@pytest.mark.parametrize("layout", ["all20", "present"])
+def test_coco_keys_give_the_voc_labels_renamed(toy, tmp_path, layout):
+    """``--num_classes 81``: CAM keys moved up by 60 (up to 79) give the VOC keys' labels moved
+    up by 60 and soft maps of 81 channels holding the VOC ones there, in either CAM layout
+    (all classes: 80 channels); under the default 21 the same dict is refused."""
+    _, names, cam_dir, *_ = toy
+    n = names[0]
+    infer(toy, tmp_path / "voc", "--soft_output", "1", "--edge_grid_cams", layout, names=[n])
+    cams = np.load(cam_dir / f"{n}.npy", allow_pickle=True).item()
+    save_npy_dict(cam_dir / f"{n}.npy", {k + 60: v for k, v in cams.items()})
+    with pytest.raises(UserError, match=r"dict key 6\d is not a class index 0\.\.19"):
+        infer(toy, tmp_path / "coco", "--soft_output", "1", names=[n])
+    infer(toy, tmp_path / "coco", "--soft_output", "1", "--edge_grid_cams", layout,
+          "--num_classes", "81", names=[n])
+    voc, coco = read_png(tmp_path / "voc_png" / f"{n}.png"), \
+        read_png(tmp_path / "coco_png" / f"{n}.png")
+    assert np.array_equal(coco, np.where(voc > 0, voc + 60, 0)) and (coco > 60).any()
+    voc_soft, coco_soft = np.load(tmp_path / "voc" / f"{n}.npy"), \
+        np.load(tmp_path / "coco" / f"{n}.npy")
+    assert coco_soft.shape == (*voc.shape, 81) and coco_soft.dtype == np.float16
+    present = [k + 1 for k in sorted(cams)]
+    np.testing.assert_allclose(coco_soft[..., [0] + [c + 60 for c in present]].astype(float),
+                               voc_soft[..., [0] + present].astype(float), rtol=1e-3, atol=1e-6)
+    assert not np.delete(coco_soft, [0] + [c + 60 for c in present], axis=-1).any()
+
+
 @pytest.mark.parametrize("cams", [{}, "zeros"])
 def test_empty_or_zero_cams_give_background(toy, tmp_path, cams):
     voc, names, cam_dir, *_ = toy
@@ -237,6 +263,7 @@ def test_run_refine_calls_the_four_steps(tmp_path):
         assert "--cam_dir runs/toy/infer_train/npy_sgc" in c and c.endswith("--beta 9")
     assert "--cam_dir runs/toy/infer/npy_sgc" in calls[3]
     assert "--predict_dir runs/toy/sem_seg_png" in calls[4] and "--type png" in calls[4]
+    assert "--num_classes 21" in calls[4]  # the evaluator scores the config's class count
 
 
 def test_presets_reach_every_walk_key():

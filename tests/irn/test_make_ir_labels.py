@@ -231,3 +231,31 @@ def test_entry_point_with_the_irn_preset(toy, tiny_config, tmp_path):
     with pytest.raises(UserError, match="other settings"):
         entry.main(argv)  # the default plmix thresholds differ from the folder's
     assert entry.main([*argv, "--overwrite", "--ir_crf", "False"]) == 3
+
+
+def test_entry_point_with_coco_keys(toy, tiny_config, tmp_path):
+    """``--num_classes 81``: CAM keys moved up by 60 (up to 79) give the labels of the VOC keys
+    moved up by 60 (up to 80); under the default 21 the same dicts are refused."""
+    names, _, cam_dir = toy
+    shifted = tmp_path / "coco_cams"
+    for n in names[:2]:
+        cams = np.load(cam_dir / f"{n}.npy", allow_pickle=True).item()
+        save_npy_dict(shifted / f"{n}.npy", {k + 60: v for k, v in cams.items()})
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(names[:2]) + "\n")
+
+    def main(cams: Path, out: Path, *extra: str) -> int:
+        return entry.main(["--config", str(tiny_config), "--cam_dir", str(cams),
+                           "--ir_label_out_dir", str(out), "--train_list", str(lst),
+                           "--ir_label_workers", "0", *extra])
+
+    assert main(cam_dir, tmp_path / "voc") == 2
+    with pytest.raises(UserError, match=r"dict key 6\d is not a class index 0\.\.19"):
+        main(shifted, tmp_path / "coco")
+    assert main(shifted, tmp_path / "coco", "--num_classes", "81") == 2
+    voc, coco = pngs(tmp_path / "voc"), pngs(tmp_path / "coco")
+    assert sorted(coco) == sorted(names[:2])
+    for n, label in coco.items():
+        ref = voc[n]
+        assert np.array_equal(label, np.where((ref > 0) & (ref < 255), ref + 60, ref))
+        assert (label > 60).any() and (label < 255).any()

@@ -283,8 +283,10 @@ def test_rw_to_labels_keys_ties_and_shapes():
     assert soft.shape == (8, 8, 3) and soft[7, 7, 2] == np.float16(0.5)
     label, _ = rw_to_labels(rw.flip(0), (8, 8), 0.4, keys=[4, 9])
     assert label[0, 0] == 10 and label[7, 7] == 5
-    with pytest.raises(ValueError, match="20"):
-        rw_to_labels(rw, (8, 8), 0.5)
+    label, _ = rw_to_labels(rw, (8, 8), 0.5)  # without keys channel j is class key j
+    assert label[0, 0] == 1 and label[7, 7] == 0
+    with pytest.raises(ValueError, match="3 keys for 2 channels"):
+        rw_to_labels(rw, (8, 8), 0.5, keys=[1, 2, 3])
     with pytest.raises(ValueError, match="larger"):
         rw_to_labels(rw, (9, 8), 0.5, keys=[4, 9])
     with pytest.raises(ValueError, match="finite"):

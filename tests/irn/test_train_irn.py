@@ -181,3 +181,20 @@ def test_torchrun_wants_the_labels_first_then_trains(tiny_config, cam_dir, tmp_p
     assert ckpt["optimizer"]["global_step"] == 3  # 12 images / 2 ranks / batch 2
     rows = metrics(tmp_path / "irn" / "metrics.csv")
     assert float(rows[0]["dp_fg"]) == 0.0 and float(rows[0]["neg"]) > 0
+
+
+def test_coco_keys_train_as_the_voc_ones(tiny_config, cam_dir, tmp_path):
+    """``--num_classes 81``: CAM keys moved up by 60 give IR labels up to 80, all of them
+    classes of the pair labels, so one epoch has the losses of the VOC keys' epoch."""
+    coco_cams = tmp_path / "coco_cams"
+    for p in cam_dir.glob("*.npy"):
+        cams = np.load(p, allow_pickle=True).item()
+        save_npy_dict(coco_cams / p.name, {k + 60: v for k, v in cams.items()})
+    train_irn.main(argv(tiny_config, cam_dir, tmp_path / "voc", "--irn_num_epoches", "1"))
+    train_irn.main(argv(tiny_config, coco_cams, tmp_path / "coco", "--irn_num_epoches", "1",
+                        "--num_classes", "81"))
+    values = np.unique(np.concatenate([load_mask(p).ravel() for p in
+                                       (tmp_path / "coco" / "ir_label").glob("*.png")]))
+    assert values.max() == 255 and 60 < values[-2] <= 80
+    voc, coco = (metrics(tmp_path / d / "irn" / "metrics.csv")[0] for d in ("voc", "coco"))
+    assert [coco[k] for k in LOSS_COLUMNS] == [voc[k] for k in LOSS_COLUMNS]

@@ -71,7 +71,8 @@ def refine(cfg: str, voc: str, out: Path, stage1: Path, cam_val: Path, val_list:
     print(f"   random walk on {val_list} -> {walk_args.sem_seg_out_dir}_png", flush=True)
     irn_infer.run(walk_args)
     pred = Path(f"{walk_args.sem_seg_out_dir}_png")
-    result = ev.evaluate(load_img_name_list(val_list), pred, gt, "png")
+    result = ev.evaluate(load_img_name_list(val_list), pred, gt, "png",
+                         num_classes=walk_args.num_classes)
     seconds["walk_and_eval"] = round(time.time() - t, 1)
     return {"miou": result.best_miou, "dir": pred, "seconds": seconds,
             "irn": session / "last.ckpt", "cams": cam_train, "train_list": train_list}

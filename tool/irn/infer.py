@@ -3,8 +3,9 @@ dicts of a list into semantic pseudo labels: ``infer_irn``.
 
 Per image: the image and its flip through ``IRNet.edge_displacement`` (13.6.1), the hand-off
 CAM dict on the edge grid (13.6.2), the walk (13.6.3), labels (13.6.4). Outputs (13.6.5):
-``<sem_seg_out_dir>_png/<name>.png`` (uint8 label values 0..20, VOC palette or grey) and, with
-``soft_output``, ``<sem_seg_out_dir>/<name>.npy`` (float16 H x W x 21). Both are written
+``<sem_seg_out_dir>_png/<name>.png`` (uint8 label values 0..num_fg, VOC palette or grey; COCO's
+0..80 use the same palette) and, with ``soft_output``, ``<sem_seg_out_dir>/<name>.npy`` (float16
+H x W x num_classes: 21 on VOC, 81 on COCO; ``args.num_classes``). Both are written
 atomically, the PNG last, so "the PNG (and npy) exist" means "finished": a rerun skips those
 images. Each output folder records the settings its files come from (``.provenance.json``): a
 rerun with other settings is refused unless ``--overwrite`` deletes the old files first. The
@@ -65,7 +66,8 @@ def output_paths(folders: dict[str, Path], name: str) -> dict[str, Path]:
 def output_settings(args: Namespace, weights_sha256: str) -> dict[str, dict[str, Any]]:
     """Per output kind, what its files depend on: the IRN weights, the walk's parameters, the
     inputs; the PNGs also on their colour mode. Not the engine, nor the CAM channel layout: both
-    choices give the same labels (METHOD.md 13.6.2, 13.6.7)."""
+    choices give the same labels (METHOD.md 13.6.2, 13.6.7). Nor the class count: it only
+    bounds the CAM keys and sizes the soft maps, and ``voc12_root`` tells the data sets apart."""
     base = {"irn_weights_sha256": weights_sha256, "beta": float(args.beta),
             "exp_times": int(args.exp_times), "sem_seg_bg_thres": float(args.sem_seg_bg_thres),
             "infer_radius": int(args.infer_radius),
@@ -157,11 +159,13 @@ def infer_one(model: IRNet, name: str, args: Namespace, folders: dict[str, Path]
     pair = image_pair(image_path(args.voc12_root, name), device)
     cam_path = Path(args.cam_dir) / f"{name}.npy"
     size = tuple(pair.shape[2:])
-    cams = check_cam_dict(load_cam_dict(cam_path), size, str(cam_path))
+    cams = check_cam_dict(load_cam_dict(cam_path), size, str(cam_path),
+                          num_classes=args.num_classes)
     cams = {k: np.asarray(v, np.float32) for k, v in cams.items()}
     label, soft = refine_cams(model, pair, cams, args.beta, args.exp_times,
                               args.sem_seg_bg_thres, args.infer_radius, engine=engine,
-                              present_only=args.edge_grid_cams == "present")
+                              present_only=args.edge_grid_cams == "present",
+                              num_classes=args.num_classes)
     paths = output_paths(folders, name)
     if NPY in paths:
         atomic_save(paths[NPY], lambda f: np.save(f, soft))

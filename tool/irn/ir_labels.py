@@ -7,7 +7,8 @@ say background, and ignored (255) where only the low pass sees an object.
 
 A CAM dict comes in one of two forms (METHOD.md 13.2.1), told apart by a ``'keys'`` entry:
 
-- the stage-1 hand-off (METHOD.md 6): {0-based class k: float32 (H, W) map}, present classes;
+- the stage-1 hand-off (METHOD.md 6): {0-based class k: float32 (H, W) map}, present classes
+  (k in 0..num_fg - 1: 0..19 on VOC, 0..79 on COCO);
 - IRN's own ``make_cam`` dict: {'keys': (K,) 0-based ids, 'high_res': (K, H, W), 'cam': ...}.
 
 Labels are 0 (background), k + 1 for class key k, and 255 (uncertain, ignored in training).
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from data.voc import IGNORE_INDEX, NUM_FG
+from data.voc import IGNORE_INDEX, NUM_CLASSES
 from tool.common.errors import UserError
 from tool.crf import CRFParams, crf_from_labels
 from tool.eval.evaluation import check_cam_dict
@@ -130,26 +131,27 @@ def _is_irn_form(cam_dict: Mapping) -> bool:
     return "keys" in cam_dict
 
 
-def read_cam_maps(cam_dict: Any, size: tuple[int, int], where: str = "CAM dict"
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def read_cam_maps(cam_dict: Any, size: tuple[int, int], where: str = "CAM dict", *,
+                  num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
     """Validate a CAM dict of either form against the image size -> (keys np int64 (K,),
     maps np float32 (K, H, W)).
 
-    The hand-off form gets the evaluator's checks (same one-line errors): keys 0..19, 2-D
-    numeric maps of the image's size. The IRN form: 'keys' 0..19 without repeats, 'high_res'
-    (K, H, W). Any NaN is refused (argmax would take it for the maximum).
+    The hand-off form gets the evaluator's checks (same one-line errors): keys 0..num_fg - 1
+    (num_fg = num_classes - 1: 0..19 on VOC, 0..79 on COCO), 2-D numeric maps of the image's
+    size. The IRN form: 'keys' in the same range without repeats, 'high_res' (K, H, W). Any
+    NaN is refused (argmax would take it for the maximum).
     """
     if isinstance(cam_dict, Mapping) and _is_irn_form(cam_dict):
-        keys, maps = _read_irn_form(cam_dict, size, where)
+        keys, maps = _read_irn_form(cam_dict, size, where, num_classes - 1)
     else:
-        checked = check_cam_dict(cam_dict, tuple(size), where)
+        checked = check_cam_dict(cam_dict, tuple(size), where, num_classes=num_classes)
         keys, maps = cam_dict_to_irn(checked, size)
     if np.isnan(maps).any():
         raise UserError(f"{where}: a map contains NaN")
     return keys, maps
 
 
-def _read_irn_form(d: Mapping, size: tuple[int, int], where: str
+def _read_irn_form(d: Mapping, size: tuple[int, int], where: str, num_fg: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     if "high_res" not in d:
         raise UserError(f"{where}: an IRN-form dict ('keys') without 'high_res'")
@@ -157,9 +159,9 @@ def _read_irn_form(d: Mapping, size: tuple[int, int], where: str
     if keys.ndim != 1 or (keys.size and keys.dtype.kind not in "iu"):
         raise UserError(f"{where}: 'keys' must be a 1-D integer array, got shape {keys.shape} "
                         f"dtype {keys.dtype}")
-    bad = [int(k) for k in keys if not 0 <= k < NUM_FG]
+    bad = [int(k) for k in keys if not 0 <= k < num_fg]
     if bad:
-        raise UserError(f"{where}: 'keys' value {bad[0]} is not a class index 0..{NUM_FG - 1}")
+        raise UserError(f"{where}: 'keys' value {bad[0]} is not a class index 0..{num_fg - 1}")
     if len(set(keys.tolist())) != keys.size:
         raise UserError(f"{where}: 'keys' {keys.tolist()} repeat a class")
     if maps.shape != (keys.size, *size) or maps.dtype.kind not in "biuf":
@@ -186,14 +188,16 @@ def _threshold_pass(img: np.ndarray, maps: np.ndarray, lut: np.ndarray, thres: f
 
 def cam_to_ir_label(img: np.ndarray, cam_dict: Any, conf_fg: float, conf_bg: float,
                     crf: bool = True, crf_params: IRCRFParams | Mapping | None = None,
-                    where: str = "CAM dict") -> np.ndarray:
-    """IR label of one image (METHOD.md 13.2.2) -> np uint8 (H, W) in {0, 1..20, 255}.
+                    where: str = "CAM dict", *, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """IR label of one image (METHOD.md 13.2.2) -> np uint8 (H, W) in {0, 1..num_fg, 255}
+    (num_fg = num_classes - 1: 20 on VOC, 80 on COCO).
 
     img: np uint8 (H, W, 3) RGB as read from the JPEG (not normalised). cam_dict: hand-off
     {int k: np float32 (H, W)} or IRN form {'keys', 'high_res', ...} (``read_cam_maps``).
     conf_fg > conf_bg: the two thresholds. ``crf=False`` skips the CRF (argmax only).
     ``crf_params``: IRN's CRF by default. The dict keys are trusted (the image-level label is
-    not read). An empty dict gives all background (METHOD.md 13.9 Q12).
+    not read); ``num_classes`` bounds them (keys 0..num_classes - 2). An empty dict gives all
+    background (METHOD.md 13.9 Q12).
     """
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -201,7 +205,7 @@ def cam_to_ir_label(img: np.ndarray, cam_dict: Any, conf_fg: float, conf_bg: flo
     if not conf_fg > conf_bg:
         raise ValueError(f"conf_fg ({conf_fg}) must be above conf_bg ({conf_bg})")
     params = IRCRFParams.coerce(crf_params)
-    keys, maps = read_cam_maps(cam_dict, img.shape[:2], where)
+    keys, maps = read_cam_maps(cam_dict, img.shape[:2], where, num_classes=num_classes)
     if keys.size == 0:
         return np.zeros(img.shape[:2], np.uint8)
     lut = np.concatenate([[0], keys + 1]).astype(np.uint8)  # channel -> label value

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data.voc import image_path, load_image, save_label_png
+from data.voc import NUM_CLASSES, image_path, load_image, save_label_png
 from tool.common.errors import UserError
 from tool.common.preflight import Problems, check_output_folder
 from tool.common.provenance import differences, read_provenance, write_provenance
@@ -47,6 +47,7 @@ class LabelJob:
     conf_bg: float
     crf: bool
     crf_params: IRCRFParams
+    num_classes: int  # with background: CAM dict keys 0..num_classes - 2
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def label_one(job: LabelJob) -> tuple[int, ...]:
     img = np.asarray(load_image(job.img_path), np.uint8)
     cams = load_cam_dict(job.cam_path)
     label = cam_to_ir_label(img, cams, job.conf_fg, job.conf_bg, crf=job.crf,
-                            crf_params=job.crf_params, where=str(job.cam_path))
+                            crf_params=job.crf_params, where=str(job.cam_path),
+                            num_classes=job.num_classes)
     keys = np.asarray(cams["keys"]).reshape(-1).tolist() if "keys" in cams else list(cams)
     try:
         save_label_png(label, job.out_path)
@@ -89,7 +91,8 @@ def run_job(job: LabelJob) -> LabelResult:
 def label_settings(voc12_root: str | os.PathLike, cam_dir: str | os.PathLike, conf_fg: float,
                    conf_bg: float, crf: bool, crf_params: IRCRFParams) -> dict[str, Any]:
     """What the PNGs of a folder depend on (its ``.provenance.json`` record). The list is no
-    setting: another list with the same settings adds to the folder."""
+    setting: another list with the same settings adds to the folder. Nor is the class count:
+    it only bounds the CAM keys, and ``voc12_root`` tells the data sets apart."""
     return {"conf_fg": float(conf_fg), "conf_bg": float(conf_bg),
             "crf": asdict(crf_params) if crf else None,
             "cam_dir": str(Path(cam_dir).resolve()),
@@ -190,13 +193,15 @@ def make_ir_labels(names: Sequence[str], voc12_root: str | os.PathLike,
                    conf_bg: float, crf: bool = True,
                    crf_params: IRCRFParams | Mapping | None = None, workers: int = 0,
                    cls_labels: Mapping[str, np.ndarray] | None = None,
-                   overwrite: bool = False, progress: bool = True) -> int:
-    """Write ``<out_dir>/<name>.png`` (METHOD.md 13.2: uint8 H x W, values {0, 1..20, 255},
-    VOC palette) for every name of the list whose PNG is not there yet; returns how many.
+                   overwrite: bool = False, progress: bool = True, *,
+                   num_classes: int = NUM_CLASSES) -> int:
+    """Write ``<out_dir>/<name>.png`` (METHOD.md 13.2: uint8 H x W, values {0, 1..num_fg,
+    255}, VOC palette; num_fg = num_classes - 1, 20 on VOC, 80 on COCO) for every name of the
+    list whose PNG is not there yet; returns how many.
 
     Inputs: ``<voc12_root>/JPEGImages/<name>.jpg`` and ``<cam_dir>/<name>.npy`` (a hand-off or
     IRN-form CAM dict). conf_fg > conf_bg, crf, crf_params: as :func:`cam_to_ir_label`.
-    ``workers`` > 1: that many processes. ``cls_labels`` ({name: (20,) multi-hot}), optional:
+    ``workers`` > 1: that many processes. ``cls_labels`` ({name: (num_fg,) multi-hot}), optional:
     warn about dict keys the image-level label lacks. ``overwrite``: delete the folder's
     previous labels first (needed when they were made with other settings).
 
@@ -229,7 +234,8 @@ def make_ir_labels(names: Sequence[str], voc12_root: str | os.PathLike,
             _remove_previous(out_dir, names)
         write_provenance(out_dir, {KIND: settings}, {"n_listed": len(names)})
         jobs = [LabelJob(n, image_path(voc12_root, n), cam_dir / f"{n}.npy",
-                         out_dir / f"{n}.png", float(conf_fg), float(conf_bg), bool(crf), params)
+                         out_dir / f"{n}.png", float(conf_fg), float(conf_bg), bool(crf), params,
+                         int(num_classes))
                 for n in todo]
         done: dict[str, tuple[int, ...]] = {}
         failed: list[tuple[int, LabelResult]] = []
@@ -295,7 +301,8 @@ def make_from_args(args: Any) -> int:
                        args.ir_label_out_dir, args.conf_fg_thres, args.conf_bg_thres,
                        crf=args.ir_crf, crf_params=_crf_params(args),
                        workers=args.ir_label_workers, cls_labels=cls_labels,
-                       overwrite=bool(getattr(args, "overwrite_labels", False)))
+                       overwrite=bool(getattr(args, "overwrite_labels", False)),
+                       num_classes=args.num_classes)
     log.info("IR labels: %d written to %s", n, args.ir_label_out_dir)
     return n
 

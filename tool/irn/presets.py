@@ -29,7 +29,9 @@ class IRNPreset:
     beta: float
     exp_times: int  # the walk takes 2 ** exp_times steps
     sem_seg_bg_thres: float
-    edge_grid_cams: str  # "all20": 20 channels, absent ones zero (MuSCLe); "present": K (IRN)
+    # "all20" (the config value's name is VOC's): MuSCLe's all-classes layout, num_fg channels
+    # (20 VOC, 80 COCO), absent ones zero; "present": IRN's K channels of the dict's classes
+    edge_grid_cams: str
     rw_engine: str  # "dense" | "sparse" | "auto" (dense on CUDA, sparse on CPU)
     label_png: str  # "palette" (VOC colour map) | "gray"
     ir_crf: bool = True

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.voc import NUM_FG
+from data.voc import NUM_CLASSES, NUM_FG
 from tool.irn.path_index import PathIndex, path_max
 
 ENGINES = ("auto", "dense", "sparse")
@@ -203,8 +203,9 @@ def rw_to_labels(rw: torch.Tensor, size: tuple[int, int], bg_thres: float,
                  keys: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo label and soft map from the walk's output (METHOD.md 13.6.4).
 
-    rw: (C, 1, h, w); size: (H, W) with H <= 4h and W <= 4w. keys None: C = 20 channels in class
-    order (channel j is class key j); otherwise the 0-based class key of each channel.
+    rw: (C, 1, h, w); size: (H, W) with H <= 4h and W <= 4w. keys None: channel j is class
+    key j (MuSCLe's all-classes layout, C = num_fg: 20 on VOC, 80 on COCO); otherwise the
+    0-based class key of each channel.
     Upsampled x4 (bilinear), cropped to H x W, divided by its global maximum, with a constant
     channel ``bg_thres`` prepended. Returns (label np uint8 (H, W): 0 background, key + 1 for a
     class; soft np float16 (H, W, C + 1)). A maximum <= 0 (all-zero CAMs, no class) gives all
@@ -216,9 +217,7 @@ def rw_to_labels(rw: torch.Tensor, size: tuple[int, int], bg_thres: float,
     H, W = (int(s) for s in size)
     if H > 4 * h or W > 4 * w:
         raise ValueError(f"size {(H, W)} is larger than 4 x the grid {(h, w)}")
-    if keys is None:
-        if n_ch != NUM_FG:
-            raise ValueError(f"rw has {n_ch} channels; without keys it must have {NUM_FG}")
+    if keys is None:  # the channel count is the class count
         lut = torch.arange(n_ch + 1)
     else:
         keys = [int(k) for k in keys]
@@ -244,14 +243,15 @@ def rw_to_labels(rw: torch.Tensor, size: tuple[int, int], bg_thres: float,
 
 def cams_on_grid(cam_dict: Mapping[int, np.ndarray], size: tuple[int, int],
                  grid: tuple[int, int], device: torch.device | str,
-                 keys: Sequence[int] | None = None) -> torch.Tensor:
+                 keys: Sequence[int] | None = None, *, num_fg: int = NUM_FG) -> torch.Tensor:
     """Hand-off CAM dict {0-based key: np float32 (H, W)} -> (len(keys), h, w) on the edge grid.
 
-    keys None: all 20 classes, absent ones zero (MuSCLe's layout); otherwise those channels.
-    Bilinear resize without antialiasing; the factor is H / h, not exactly 4 (Q10).
+    keys None: all ``num_fg`` classes (20 on VOC, 80 on COCO), absent ones zero (MuSCLe's
+    all-classes layout); otherwise those channels. Bilinear resize without antialiasing; the
+    factor is H / h, not exactly 4 (Q10).
     """
     H, W = size
-    chans = list(range(NUM_FG)) if keys is None else [int(k) for k in keys]
+    chans = list(range(num_fg)) if keys is None else [int(k) for k in keys]
     maps = torch.zeros(len(chans), H, W, dtype=torch.float32)
     for i, k in enumerate(chans):
         if k in cam_dict:
@@ -265,11 +265,11 @@ def cams_on_grid(cam_dict: Mapping[int, np.ndarray], size: tuple[int, int],
                          align_corners=False, antialias=False)[0]
 
 
-def _check_keys(cam_dict: Mapping[int, np.ndarray]) -> list[int]:
+def _check_keys(cam_dict: Mapping[int, np.ndarray], num_fg: int) -> list[int]:
     keys = sorted(int(k) for k in cam_dict)
-    bad = [k for k in keys if not 0 <= k < NUM_FG]
+    bad = [k for k in keys if not 0 <= k < num_fg]
     if bad or len(set(keys)) != len(cam_dict):
-        raise ValueError(f"CAM dict keys must be distinct 0-based class indices 0..{NUM_FG - 1}"
+        raise ValueError(f"CAM dict keys must be distinct 0-based class indices 0..{num_fg - 1}"
                          f", got {sorted(cam_dict)}")
     return keys
 
@@ -277,19 +277,22 @@ def _check_keys(cam_dict: Mapping[int, np.ndarray]) -> list[int]:
 def refine_cams(model: torch.nn.Module, img_pair: torch.Tensor,
                 cam_dict: Mapping[int, np.ndarray], beta: float, exp_times: int,
                 bg_thres: float, radius: int = 5, *, engine: str = "auto",
-                present_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                present_only: bool = False, num_classes: int = NUM_CLASSES
+                ) -> tuple[np.ndarray, np.ndarray]:
     """One image through METHOD.md 13.6: edge map, CAMs on its grid, random walk, labels.
 
     model: has ``edge_displacement(x_pair) -> (edge (1, h, w), disp)``. img_pair: (2, 3, H, W),
     the normalised image and its horizontal flip, on the model's device. cam_dict: the stage-1
-    hand-off {0-based key: np float32 (H, W)}, present classes only. present_only: propagate only
-    the dict's classes instead of 20 channels (same labels, less work). Returns (label np uint8
-    (H, W) with values 0..20; soft np float16 (H, W, 21), channel 0 = bg_thres, channel k + 1 =
-    class key k, zero for absent classes).
+    hand-off {0-based key: np float32 (H, W)}, present classes only, keys 0..num_classes - 2.
+    present_only: propagate only the dict's classes instead of all num_fg = num_classes - 1
+    (same labels, less work). Returns (label np uint8 (H, W) with values 0..num_fg; soft np
+    float16 (H, W, num_classes), channel 0 = bg_thres, channel k + 1 = class key k, zero for
+    absent classes). num_classes: 21 on VOC, 81 on COCO.
     """
     if img_pair.dim() != 4 or img_pair.shape[:2] != (2, 3):
         raise ValueError(f"img_pair: expected (2, 3, H, W), got {tuple(img_pair.shape)}")
-    keys = _check_keys(cam_dict)
+    num_fg = int(num_classes) - 1
+    keys = _check_keys(cam_dict, num_fg)
     H, W = img_pair.shape[2:]
     with torch.no_grad():
         edge, _ = model.edge_displacement(img_pair)
@@ -297,11 +300,11 @@ def refine_cams(model: torch.nn.Module, img_pair: torch.Tensor,
         if (h, w) != (math.ceil(H / 4), math.ceil(W / 4)):
             raise ValueError(f"edge grid {(h, w)} is not the stride-4 grid of {(H, W)}")
         chans = keys if present_only else None
-        cams = cams_on_grid(cam_dict, (H, W), (h, w), edge.device, chans)
+        cams = cams_on_grid(cam_dict, (H, W), (h, w), edge.device, chans, num_fg=num_fg)
         rw = propagate_to_edge(cams, edge, beta, exp_times, radius, engine)
         label, soft = rw_to_labels(rw, (H, W), bg_thres, chans)
-    if present_only:  # the file format has all 21 channels (METHOD.md 13.6.5)
-        full = np.zeros((H, W, NUM_FG + 1), np.float16)
+    if present_only:  # the file format has all num_classes channels (METHOD.md 13.6.5)
+        full = np.zeros((H, W, num_fg + 1), np.float16)
         full[..., 0] = soft[..., 0]
         full[..., [k + 1 for k in keys]] = soft[..., 1:]
         soft = full

@@ -105,7 +105,7 @@ class IRNStage(Stage):
         self.train_set = IRNAffinityDataset(
             args.train_list, args.voc12_root, args.ir_label_out_dir, self.path_index,
             crop_size=args.irn_crop_size, rescale=args.irn_rescale, hflip=args.irn_hflip,
-            seed=args.seed)
+            seed=args.seed, num_classes=args.num_classes)
         per_epoch = iterations_per_epoch(len(self.train_set), args.irn_batch_size,
                                          "--irn_batch_size", args.train_list)
         seed_everything(args.seed)  # the same initial heads for a fresh run and a resumed one
