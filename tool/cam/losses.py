@@ -2,7 +2,7 @@
 
 Shapes: N = batch, C = num_classes channels (index 0 = background; 21 VOC, 81 COCO), K = C - 1
 foreground classes. ``labels`` is the (N, K) float multi-hot label and ``label_bg`` = [1, labels]
-is (N, C). No function is told the class count: each reads it from its inputs' shapes. Every
+is (N, C). No function needs the class count: each reads it from its inputs' shapes. Every
 function is pure and creates its tensors on the device of its inputs.
 """
 from __future__ import annotations
