@@ -21,6 +21,7 @@ from data import transforms as T
 from data.voc import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NUM_FG,
     image_path,
     load_cls_labels,
     load_image,
@@ -43,8 +44,9 @@ def to_chw(arr: np.ndarray) -> torch.Tensor:
 
 
 def _names_and_labels(names: Sequence[str] | PathLike, cls_labels: dict | PathLike,
-                      ) -> tuple[list[str], np.ndarray]:
-    """Resolve a name list (or list file) and label dict (or npy path); absent names fail now."""
+                      num_fg: int) -> tuple[list[str], np.ndarray]:
+    """Resolve a name list (or list file) and label dict (or npy path) into the names and their
+    (N, num_fg) labels; absent names and vectors of another length fail now."""
     if isinstance(names, (str, os.PathLike)):
         names = load_img_name_list(names)
     names = list(names)
@@ -54,7 +56,7 @@ def _names_and_labels(names: Sequence[str] | PathLike, cls_labels: dict | PathLi
     if not isinstance(cls_labels, dict):
         where = str(cls_labels)
         cls_labels = load_cls_labels(cls_labels)
-    return names, lookup_labels(cls_labels, names, where)
+    return names, lookup_labels(cls_labels, names, where, num_fg=num_fg)
 
 
 class EpochDataset(Dataset):
@@ -78,9 +80,12 @@ class TrainDataset(EpochDataset):
     """Training samples: a flipped/resized/jittered/cropped main image and two overlapping views.
 
     ``__getitem__`` returns a dict:
-      name (str); img (3, crop, crop) float32; label (20,) float32; and with ``with_views``:
+      name (str); img (3, crop, crop) float32; label (num_fg,) float32; and with ``with_views``:
       view1, view2 (3, view, view) float32; coord1, coord2 (4,) int64 = (top, left, h_o, w_o)
       of the views' overlap in view-1 / view-2 local coordinates (METHOD.md 1.4).
+
+    ``num_fg``: the foreground class count of the run (20 VOC, 80 COCO), every label vector's
+    length (a vector of another length is refused at construction, naming the label file).
 
     DataLoader workers copy the dataset when an iterator is created, so call ``set_epoch``
     before ``iter(loader)`` each epoch and do not use ``persistent_workers=True``.
@@ -91,7 +96,7 @@ class TrainDataset(EpochDataset):
                  resize_long: Sequence[int] = (448, 768), view_min_side: int = 448,
                  seed: int = 0, jitter: T.Jitter | Sequence[float] = T.DEFAULT_JITTER,
                  with_views: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, *, num_fg: int = NUM_FG) -> None:
         lo, hi = (int(v) for v in resize_long)
         if not 0 < lo <= hi:
             raise UserError(f"resize_long must be [min, max] with 0 < min <= max, got {lo, hi}")
@@ -100,7 +105,7 @@ class TrainDataset(EpochDataset):
                             f"{crop_size}, {view_size}, {view_min_side}")
         if seed < 0:
             raise UserError(f"seed must be >= 0, got {seed}")
-        self.names, self.labels = _names_and_labels(names, cls_labels)
+        self.names, self.labels = _names_and_labels(names, cls_labels, num_fg)
         self.voc12_root = voc12_root
         self.crop_size, self.view_size, self.view_min_side = crop_size, view_size, view_min_side
         self.resize_long = (lo, hi)
@@ -135,7 +140,7 @@ class TrainDataset(EpochDataset):
 
 def collate_train(batch: list[dict]) -> dict:
     """METHOD.md 1.5 layout as a dict: name -> list of N str; every tensor field stacked to (N, ...)
-    (img N x 3 x S x S, label N x 20, views N x 3 x V x V, coords N x 4 int64)."""
+    (img N x 3 x S x S, label N x num_fg, views N x 3 x V x V, coords N x 4 int64)."""
     out: dict = {"name": [s["name"] for s in batch]}
     for key in batch[0]:
         if key != "name":
@@ -146,8 +151,9 @@ def collate_train(batch: list[dict]) -> dict:
 class MultiScaleDataset(Dataset):
     """Multi-scale + flip images for validation and CAM inference (METHOD.md 1.6).
 
-    ``__getitem__`` returns a dict: name (str); label (20,) float32; size (H, W) of the original
-    image (ints; a DataLoader turns the tuple into a list); img: the list
+    ``__getitem__`` returns a dict: name (str); label (num_fg,) float32 (``num_fg`` as for
+    :class:`TrainDataset`); size (H, W) of the original image (ints; a DataLoader turns the
+    tuple into a list); img: the list
     [s1, flip(s1), s2, flip(s2), ...] of (3, round(H*s), round(W*s)) float32 tensors, the flip
     being on the width axis. Samples have no batch dimension: load with
     ``DataLoader(ds, batch_size=None)`` (no collation) and add one with ``img[None]``, or stack
@@ -157,10 +163,10 @@ class MultiScaleDataset(Dataset):
     def __init__(self, names: Sequence[str] | PathLike, voc12_root: PathLike,
                  cls_labels: dict | PathLike, scales: Sequence[float] = (1.0,),
                  mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, *, num_fg: int = NUM_FG) -> None:
         if not scales or min(scales) <= 0:
             raise UserError(f"scales must be a non-empty list of positive numbers, got {scales}")
-        self.names, self.labels = _names_and_labels(names, cls_labels)
+        self.names, self.labels = _names_and_labels(names, cls_labels, num_fg)
         self.voc12_root = voc12_root
         self.scales = [float(s) for s in scales]
         self.mean, self.std = mean, std

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.voc import image_path, label_problem, load_cls_labels, load_img_name_list
+from data.description import DESCRIPTIONS
+from data.voc import NUM_FG, image_path, label_problem, load_cls_labels, load_img_name_list
 from tool.common.errors import UserError
 from tool.common.preflight import Problems
 
@@ -40,12 +41,15 @@ def _why(e: Exception) -> str:
 class DatasetCheck:
     """The data set of one stage: call :meth:`split` for each list it reads, then
     :meth:`finish` (which adds the image and mask problems, one line per kind).
-    ``cls_labels`` None: a stage that never reads the image-level labels (IRN training)."""
+    ``cls_labels`` None: a stage that never reads the image-level labels (IRN training).
+    ``num_fg``: the run's foreground class count (``num_classes - 1``: 20 VOC, 80 COCO), the
+    length every label vector must have."""
 
     def __init__(self, problems: Problems, voc12_root: PathLike, cls_labels: PathLike | None,
-                 decode: bool = False) -> None:
+                 decode: bool = False, *, num_fg: int = NUM_FG) -> None:
         self.problems, self.root, self.cls_path = problems, Path(voc12_root), str(cls_labels)
-        self.decode = decode
+        self.decode, self.num_fg = decode, num_fg
+        self.other_set_reported = False
         self.labels: dict | None = None
         if cls_labels is not None:
             try:
@@ -91,13 +95,37 @@ class DatasetCheck:
         self.problems.add_group(f"names of {list_path} without an entry in {self.cls_path}",
                                 absent)
         bad = [f"{n} ({why})" for n in new if n in self.labels
-               and (why := label_problem(self.labels[n])) is not None]
-        self.problems.add_group(f"bad label vectors in {self.cls_path}", bad)
+               and (why := label_problem(self.labels[n], self.num_fg)) is not None]
+        other = self._other_data_set([n for n in new if n in self.labels]) if bad else None
+        if other is not None:
+            if not self.other_set_reported:  # one line for the file, not one per list
+                self.problems.add(other)
+                self.other_set_reported = True
+        else:
+            self.problems.add_group(f"bad label vectors in {self.cls_path}", bad)
         if require_foreground and all(
-                n in self.labels and label_problem(self.labels[n]) is None
+                n in self.labels and label_problem(self.labels[n], self.num_fg) is None
                 and not np.asarray(self.labels[n]).any() for n in names):
             self.problems.add(f"every label of {list_path} in {self.cls_path} is all zero: no "
                               "image has a foreground class to learn from")
+
+    def _other_data_set(self, names: list[str]) -> str | None:
+        """One line when every vector of ``names`` has the length of another data set's
+        foreground count (a VOC cls_labels.npy in a COCO run, or back); None otherwise."""
+        try:
+            shapes = {np.shape(self.labels[n]) for n in names}
+        except ValueError:  # a ragged entry: not one data set's vectors
+            return None
+        if len(shapes) != 1:
+            return None
+        (shape,) = shapes
+        if len(shape) != 1 or shape[0] == self.num_fg or shape[0] + 1 not in DESCRIPTIONS:
+            return None
+        k, n, here = shape[0], self.num_fg, DESCRIPTIONS.get(self.num_fg + 1)
+        run = f"num_classes {n + 1}" + (f" ({here.title})" if here else "")
+        return (f"{self.cls_path} holds ({k},) label vectors ({DESCRIPTIONS[k + 1].title}), "
+                f"not the ({n},) of this run's {run}: give the cls_labels.npy of this data "
+                f"set or set num_classes {k + 1}")
 
     def _image(self, name: str) -> None:
         if name in self.sizes:  # already checked for another list

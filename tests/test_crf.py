@@ -44,12 +44,12 @@ def crf_marginals(image: np.ndarray, maps: np.ndarray,
     return out
 
 
-def _scene(rng: np.random.Generator, classes: list[int], size: int = 72
+def _scene(rng: np.random.Generator, classes: list[int], size: int = 72, n_classes: int = 21
            ) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 image with one coloured noisy rectangle per class, and float16 maps
-    (21, H, W): blurred, noisy, shifted versions of the rectangles; channel 0 = T16."""
+    (n_classes, H, W): blurred, noisy, shifted versions of the rectangles; channel 0 = T16."""
     img = 100 + rng.normal(0, 12, (size, size, 3))
-    maps = np.zeros((21, size, size), np.float32)
+    maps = np.zeros((n_classes, size, size), np.float32)
     for c in classes:
         y0, x0 = rng.integers(0, size // 2, 2)
         hh, ww = rng.integers(size // 4, size // 2, 2)
@@ -110,6 +110,33 @@ def test_reduced_crf_matches_21_label_crf():
         agree += int((full == ours).sum())
         total += full.size
     print(f"reduced vs 21-label CRF pixel agreement: {agree / total:.6f}")
+    assert agree / total >= 0.995
+
+
+def test_reduced_crf_matches_81_label_crf():
+    """COCO: 81 channels. The reduced CRF takes C = 81 from the maps (uniform (1 - s) / 81, 80 -
+    P absent labels merged) and matches the brute-force 81-label CRF as the 21-label one does."""
+    rng = np.random.default_rng(9)
+    agree, total = 0, 0
+    for classes in ([80], [7, 44], [1, 40, 79]):
+        img, maps = _scene(rng, classes, size=48, n_classes=81)
+        q_full = dense_crf(img, maps)
+        assert q_full.shape == (81, 48, 48)
+        keep = kept_labels(classes, maps)
+        u = _LabelSet(keep, 81, CRFParams(), maps.dtype).unary(maps[keep])
+        assert np.array_equal(u[:keep.size], softmax_unary(maps, 0.5)[keep])  # (1 - s) / 81
+        q_merge = crf_marginals(img, maps, classes)
+        assert np.abs(q_merge - q_full).max() < 1e-4
+        full, ours = crf_labels_full(img, maps), crf_labels(img, maps, classes)
+        assert set(np.unique(ours)) <= {0, *classes} and set(np.unique(full)) <= {0, *classes}
+        assert classes[-1] in np.unique(ours)
+        agree += int((full == ours).sum())
+        total += full.size
+        # the pool's jobs carry C: reduced and released maps of 81 channels as in training
+        pooled = CRFPool(0).map(np.stack([img, img]), np.stack([maps, maps]),
+                                [classes, None], CRFParams(reduced=True))
+        assert np.array_equal(pooled[0], ours) and np.array_equal(pooled[1], ours)
+        assert np.array_equal(CRFPool(0).map(img[None], maps[None])[0], full)
     assert agree / total >= 0.995
 
 

@@ -2,20 +2,25 @@
 
 Two ways to run it:
 
-- released style: all C = 21 labels (``dense_crf`` / ``crf_labels_full``);
+- released style: all C labels (``dense_crf`` / ``crf_labels_full``);
 - reduced: background + the present classes only (``crf_labels``).
 
-Every entry point takes one ``CRFParams`` (the CRF settings and how to run it).
+C is the maps' channel count, never a constant: num_classes, 21 on VOC, 81 on COCO (label ids
+0..C-1 come back as uint8). Every entry point takes one ``CRFParams`` (the CRF settings and how
+to run it).
 
-Why the reduced CRF decides as the 21-label one does: classes absent from the image-level label
-have all-zero maps, hence the same constant unary -log((1 - s) / 21) at every pixel and the same
+Why the reduced CRF decides as the C-label one does: classes absent from the image-level label
+have all-zero maps, hence the same constant unary -log((1 - s) / C) at every pixel and the same
 Potts messages, so their marginals stay equal to each other during mean field. By induction they
 never exceed the background's (its unary is lower everywhere as long as T > 0 and the filters
 are linear with non-negative weights), so they never win - but their mass is part of every
-per-pixel normaliser. ``CRFParams.absent="merge"`` (default) therefore replaces the m absent
-labels by ONE aggregate label with unary u_abs - log(m) and Potts weights w / m: it carries
-exactly their total mass, so every normaliser, hence every kept marginal, equals the 21-label
-CRF's up to float32 rounding. ``absent="drop"`` removes them outright: the kept marginals then
+per-pixel normaliser. ``CRFParams.absent="merge"`` (default) therefore replaces the m = C - 1 - P
+absent labels (P present) by ONE aggregate label with unary u_abs - log(m) and Potts weights
+w / m: it carries exactly their total mass, so every normaliser, hence every kept marginal,
+equals the C-label CRF's up to float32 rounding. None of this depends on C: it only needs the
+reduced CRF to use the full C in the uniform term (1 - s) / C, which it reads from the maps
+(``n_full``, carried by the pool's jobs), and m to count every absent id (79 of 81 for a COCO
+image of one class). ``absent="drop"`` removes them outright: the kept marginals then
 grow by a per-pixel factor, the messages shift and about 1 % of the pixels can change
 (tool.dev.bench_crf).
 
@@ -50,7 +55,7 @@ class CRFParams:
     Built once per run (``from_config``) and passed as is down to the worker processes
     (picklable). The defaults are the released values (D2), the only place besides
     configs/base.yaml where they are written. ``reduced`` and ``absent`` say how to run the CRF,
-    not which CRF: reduced=False is the released 21-label CRF; reduced=True keeps background +
+    not which CRF: reduced=False is the released C-label CRF; reduced=True keeps background +
     the present classes, with the absent ones merged into one label ("merge", exact) or dropped
     ("drop"), METHOD.md 5.5 step 4 "Ours".
     """
@@ -152,7 +157,8 @@ def crf_from_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, params
 
 def crf_labels_full(image: np.ndarray, maps: np.ndarray,
                     params: CRFParams = CRFParams()) -> np.ndarray:
-    """Released path: argmax (ties -> lowest id) of the 21-label CRF -> np (H, W) uint8."""
+    """Released path: argmax (ties -> lowest id) of the CRF over all C = maps.shape[0] labels
+    -> np (H, W) uint8."""
     return dense_crf(image, maps, params).argmax(0).astype(np.uint8)
 
 
@@ -185,13 +191,13 @@ class _LabelSet:
             self.agg_unary = float(u_abs) - math.log(m)
             self.label_scale = np.append(np.ones(keep.size, np.float32), np.float32(1.0 / m))
             # the aggregate stands for the lowest absent id, so ties resolve to the lowest id
-            # exactly as the 21-label argmax does
+            # exactly as the C-label argmax does
             self.ids = np.append(keep, self.missing[0])
         self.order = np.argsort(self.ids, kind="stable")
 
     def unary(self, sub_map: np.ndarray) -> np.ndarray:
         """sub_map (K, H, W) kept channels -> (L, H*W) float32."""
-        u = softmax_unary(sub_map, self.scale_u, n_labels=self.n_full)  # uniform stays (1-s)/21
+        u = softmax_unary(sub_map, self.scale_u, n_labels=self.n_full)  # uniform stays (1-s)/C
         if not self.merge:
             return u
         return np.concatenate([u, np.full((1, u.shape[1]), self.agg_unary, np.float32)])
@@ -250,11 +256,11 @@ def crf_labels(image: np.ndarray, maps: np.ndarray,
                params: CRFParams = CRFParams()) -> np.ndarray:
     """CRF over background + present classes only, result mapped back to ids 0..C-1.
 
-    image (H, W, 3) uint8; maps (C, H, W), C = 21, channel 0 = background; present: foreground
-    ids in 1..C-1 (None: the non-zero channels). Channels outside ``present`` are taken as zero
-    (they are in the released maps) and not read. Always the reduced CRF (METHOD.md 6 uses it
-    for inference whatever ``crf_reduced`` says): ``params.reduced`` is not read.
-    Returns np (H, W) uint8.
+    image (H, W, 3) uint8; maps (C, H, W), C = num_classes (21 VOC, 81 COCO), channel 0 =
+    background; present: foreground ids in 1..C-1 (None: the non-zero channels). Channels
+    outside ``present`` are taken as zero (they are in the released maps) and not read.
+    Always the reduced CRF (METHOD.md 6 uses it for inference whatever ``crf_reduced`` says):
+    ``params.reduced`` is not read. Returns np (H, W) uint8.
     """
     _check_params(params)
     keep = kept_labels(present, maps)
@@ -358,10 +364,11 @@ class CRFPool:
             params: CRFParams = CRFParams()) -> np.ndarray:
         """images np (N, H, W, 3) uint8, maps np (N, C, H, W) (e.g. float16) -> np (N, H, W) uint8.
 
-        params.reduced=False: the 21-label CRF. params.reduced=True: background + presents[i]
-        (None, or an entry None: the non-zero channels). Maps that share an identical image and
-        label set run on one CRF object (one lattice build): the training batch holds every
-        image twice, once with its own map and once as a partner.
+        params.reduced=False: the CRF over all C labels. params.reduced=True: background +
+        presents[i] (None, or an entry None: the non-zero channels); every job carries C for
+        the uniform unary term. Maps that share an identical image and label set run on one
+        CRF object (one lattice build): the training batch holds every image twice, once with
+        its own map and once as a partner.
         """
         return self.map_async(images, maps, presents, params).result()
 

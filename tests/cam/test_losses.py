@@ -512,6 +512,23 @@ def test_soft_iou_and_dice_match_loops(as_logits):
     assert dice.item() == pytest.approx(1 - (2 * inter + 1) / (sq + so + 1), rel=1e-12)
 
 
+@pytest.mark.parametrize("as_logits", [True, False])
+def test_soft_losses_read_81_classes_from_the_maps(as_logits):
+    """COCO: P has 81 channels and Y labels up to 80; the one-hot width comes from P (a width of
+    21 would drop every label above 20 as if ignored)."""
+    P = torch.rand(2, 81, 3, 4, generator=_gen(27), dtype=DT)
+    Y = torch.randint(0, 81, (2, 3, 4), generator=_gen(28))
+    Y[0, 0, :3] = torch.tensor([80, 21, 255])
+    inter, sq, so = _overlap_ref(P.numpy(), Y.numpy(), as_logits)
+    iou = L.soft_iou_loss(P, Y, probs_as_logits=as_logits)
+    dice = L.soft_dice_loss(P, Y, probs_as_logits=as_logits)
+    assert iou.item() == pytest.approx(1 - (inter + 1) / (sq + so - inter + 1), rel=1e-12)
+    assert dice.item() == pytest.approx(1 - (2 * inter + 1) / (sq + so + 1), rel=1e-12)
+    assert torch.equal(iou, L.soft_iou_loss(P, Y, 81, probs_as_logits=as_logits))
+    ce = L.mix_seg_loss(P, Y, "ce", probs_as_logits=as_logits)
+    assert ce.item() == pytest.approx(_mix_ref(P.numpy(), Y.numpy(), "ce", as_logits), rel=1e-12)
+
+
 def _sc_ref(P: np.ndarray, channels: list[set[int]], t: float) -> float:
     n_, c_, h, w = P.shape
     total = 0.0

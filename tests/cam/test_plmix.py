@@ -31,8 +31,8 @@ def test_union_labels():
 
 # ---- pseudo labels without CRF -----------------------------------------------------------------
 
-def _label_bg(present_rows: list[list[int]]) -> torch.Tensor:
-    lb = torch.zeros(len(present_rows), 21)
+def _label_bg(present_rows: list[list[int]], c: int = 21) -> torch.Tensor:
+    lb = torch.zeros(len(present_rows), c)
     lb[:, 0] = 1
     for i, row in enumerate(present_rows):
         lb[i, row] = 1
@@ -245,6 +245,33 @@ def test_crf_pseudo_labels_present_classes_only():
     one = plmix.crf_pseudo_labels(images[:1], maps[:1], lb[:1], 0.3,
                                   params=CRFParams(reduced=True))
     assert torch.equal(one, ours[:1])
+
+
+def test_pseudo_labels_with_81_classes():
+    """COCO: 81 channels, present classes up to 80; without CRF the brute-force argmax of the
+    masked float16 maps, with the CRF (released C-label and reduced) present classes only and
+    the two CRFs agreeing as for VOC."""
+    g = torch.Generator().manual_seed(8)
+    n, size = 3, 32
+    maps = torch.nn.functional.avg_pool2d(torch.randn(n, 81, size, size, generator=g) * 4,
+                                          9, stride=1, padding=4)
+    rows = [[80], [3, 47], [1, 40, 79]]
+    lb = _label_bg(rows, 81)
+    plain = plmix.pseudo_labels(maps, lb, 0.3)
+    for i, row in enumerate(rows):
+        m = cam_maxnorm(maps[i:i + 1])[0].half().float()
+        m[0] = T16
+        ref = torch.stack([m[c] if c in (0, *row) else torch.zeros_like(m[0])
+                           for c in range(81)]).argmax(0)
+        assert torch.equal(plain[i], ref)
+    assert 80 in plain[0].unique().tolist()  # the last COCO class does win somewhere
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    full = plmix.crf_pseudo_labels(images, maps, lb, 0.3)
+    ours = plmix.crf_pseudo_labels(images, maps, lb, 0.3, params=CRFParams(reduced=True))
+    for i, row in enumerate(rows):
+        assert set(full[i].unique().tolist()) <= {0, *row}
+        assert set(ours[i].unique().tolist()) <= {0, *row}
+    assert (full == ours).float().mean() >= 0.995
 
 
 @pytest.mark.parametrize("n", [7, 8])

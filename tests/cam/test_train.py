@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import train_mcl
 from tests.utils import read_metrics, rows_without_time
@@ -459,3 +460,45 @@ def test_full_disk_at_a_mid_epoch_checkpoint(tiny_config, tmp_path, monkeypatch)
                                         r"free space, then start the run again$"):
         _train(tiny_config, "--session_name", str(tmp_path / "r"), "--checkpoint_every", "1")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["train.log"]
+
+
+def test_coco_run_trains_validates_and_infers_81_classes(tiny_config, tmp_path):
+    """num_classes 81 end to end on the toy COCO prepared by data.prepare_coco ((80,) label
+    vectors, masks 0..80 and 255): one epoch with the PL-Mix branch and its CRF, validation on
+    the GT masks, inference with the CRF and overlays; hand-off keys in 0..79, label values in
+    0..80. The checkpoint in a VOC config is one line naming both class counts."""
+    import infer_cam
+    from data import prepare_coco, toy_coco
+    from data.voc import load_cls_labels, load_img_name_list
+
+    root = tmp_path / "coco_root"
+    toy_coco.generate(tmp_path / "coco", seed=3, n_train=12, n_val=6)
+    prepare_coco.prepare_coco(tmp_path / "coco", root, progress=False)
+    seg = root / "ImageSets" / "Segmentation"
+    data = ["--voc12_root", str(root), "--train_list", str(seg / "train.txt"),
+            "--val_list", str(seg / "val.txt"), "--num_classes", "81"]
+    run = tmp_path / "run"
+    _train(tiny_config, *data, "--session_name", str(run), "--max_epoches", "1")
+    ck = load_checkpoint(run / "last.ckpt")
+    assert ck["model"]["fc.weight"].shape[0] == 81
+    row = read_metrics(run / "metrics.csv")[0]
+    assert float(row["loss_mixseg"]) > 0 and row["miou"] != ""  # PL-Mix and GT validation ran
+    out = tmp_path / "infer"
+    infer = ["--config", str(tiny_config), *data, "--weights", str(run / "last.ckpt"),
+             "--infer_list", str(seg / "val.txt"), "--crf", "True"]
+    assert infer_cam.main([*infer, "--out_npy", str(out / "npy"), "--out_png", str(out / "png"),
+                           "--out_vis", str(out / "vis")]) == 5
+    labels = load_cls_labels(root / "cls_labels.npy")
+    for name in load_img_name_list(seg / "val.txt"):
+        present = np.flatnonzero(labels[name])
+        d = np.load(out / "npy" / f"{name}.npy", allow_pickle=True).item()
+        assert sorted(d) == present.tolist() and all(0 <= k <= 79 for k in d)
+        png = np.array(Image.open(out / "png" / f"{name}.png"))
+        assert set(np.unique(png).tolist()) <= {0, *(present + 1).tolist()}
+        assert (out / "vis" / f"{name}.png").is_file()
+    assert any(labels[n][40:].any() for n in labels)  # classes beyond VOC's 20 are in play
+    with pytest.raises(UserError) as e:  # the toy VOC of the tiny config, num_classes 21
+        infer_cam.main(["--config", str(tiny_config), "--weights", str(run / "last.ckpt"),
+                        "--out_npy", str(tmp_path / "voc_npy")])
+    assert str(e.value).startswith(f"{run / 'last.ckpt'} holds a CAM network of 81 classes "
+                                   "(MS COCO 2014), this config's num_classes is 21 ")

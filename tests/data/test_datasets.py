@@ -282,6 +282,21 @@ def test_name_missing_from_labels_fails_at_construction(voc, cls):
         cls(["2007_000001", "2008_999999"], voc, voc / "cls_labels.npy")
 
 
+@pytest.mark.parametrize("cls", [TrainDataset, MultiScaleDataset])
+def test_coco_labels_of_80_classes(voc, cls, tmp_path):
+    """num_fg=80 (COCO): (80,) vectors come through as they are; the (20,) vectors of a VOC
+    file are refused at construction, naming the file and both lengths."""
+    coco = {n: np.eye(80, dtype=np.float32)[[10 * k, 79 - k]].max(0)
+            for k, n in enumerate(SIZES)}
+    np.save(tmp_path / "coco_labels.npy", coco)
+    kw = TOY if cls is TrainDataset else {}
+    s = cls(list(SIZES), voc, tmp_path / "coco_labels.npy", num_fg=80, **kw)[1]
+    assert s["label"].shape == (80,) and torch.equal(s["label"], torch.from_numpy(coco[s["name"]]))
+    assert s["label"][79 - 1] == 1
+    with pytest.raises(UserError, match=r"cls_labels\.npy is bad: shape \(20,\), expected \(80,\)"):
+        cls(list(SIZES), voc, voc / "cls_labels.npy", num_fg=80, **kw)
+
+
 def test_name_list_file_is_accepted(voc, tmp_path):
     lst = tmp_path / "train.txt"
     lst.write_text("/JPEGImages/2007_000002.jpg /SegmentationClassAug/2007_000002.png\n")

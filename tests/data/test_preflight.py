@@ -35,9 +35,10 @@ def _save_labels(voc, d):
     np.save(voc / "cls_labels.npy", d)
 
 
-def _check(voc, split="train_aug", decode=False, **kw) -> list[str]:
+def _check(voc, split="train_aug", decode=False, num_fg=None, **kw) -> list[str]:
     problems = Problems()
-    data = DatasetCheck(problems, voc, voc / "cls_labels.npy", decode=decode)
+    count = {} if num_fg is None else {"num_fg": num_fg}  # None: the default (VOC's 20)
+    data = DatasetCheck(problems, voc, voc / "cls_labels.npy", decode=decode, **count)
     data.split(voc / SEG / f"{split}.txt", **kw)
     data.finish()
     return problems.lines
@@ -111,6 +112,38 @@ def test_bad_label_vectors(voc, value, why):
     # the datasets' own lookup refuses it in one line too (no traceback from a float cast)
     with pytest.raises(UserError, match=name):
         lookup_labels(d, [name])
+
+
+def test_label_vectors_of_the_run_class_count(voc):
+    """num_classes 81 (num_fg 80): the toy VOC's (20,) vectors are refused in ONE line naming
+    the file and both counts, however many lists read them; (80,) vectors pass, and a stray
+    (20,) vector among them is a bad vector as any other."""
+    cls = voc / "cls_labels.npy"
+    problems = Problems()
+    data = DatasetCheck(problems, voc, cls, num_fg=80)
+    data.split(voc / SEG / "train_aug.txt", require_foreground=True)
+    data.split(voc / SEG / "train.txt")
+    data.finish()
+    assert problems.lines == [
+        f"{cls} holds (20,) label vectors (PASCAL VOC 2012), not the (80,) of this run's "
+        "num_classes 81 (MS COCO 2014): give the cls_labels.npy of this data set or set "
+        "num_classes 21"]
+    d = {k: np.concatenate([v, np.zeros(60, np.float32)]) for k, v in _labels(voc).items()}
+    _save_labels(voc, d)
+    assert _check(voc, num_fg=80) == []
+    first = _names(voc, "train_aug")[0]
+    d[first] = d[first][:20]
+    _save_labels(voc, d)
+    assert _check(voc, num_fg=80) == [
+        f"bad label vectors in {cls}: {first} (shape (20,), expected (80,))"]
+    # and back: (80,) vectors in a VOC run
+    (line,) = _check(voc)
+    assert line.startswith("bad label vectors in ")  # mixed lengths: no data set named
+    _save_labels(voc, {k: np.zeros(80, np.float32) for k in d})
+    assert _check(voc) == [
+        f"{cls} holds (80,) label vectors (MS COCO 2014), not the (20,) of this run's "
+        "num_classes 21 (PASCAL VOC 2012): give the cls_labels.npy of this data set or set "
+        "num_classes 81"]
 
 
 def test_all_zero_labels_of_the_training_list(voc):

@@ -12,10 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.datasets import MultiScaleDataset, TrainDataset, collate_train
-from data.voc import NUM_CLASSES, load_cls_labels, load_img_name_list
+from data.description import DESCRIPTIONS, describe
+from data.voc import load_cls_labels, load_img_name_list
 from net.cam_net import CAMNet
 from net.norm import sync_batchnorm
-from net.weights import load_cam_weights, no_weights
+from net.weights import load_cam_weights, no_weights, state_dict_of
 from tool.common import engine
 from tool.common.checkpoint import read_checkpoint
 from tool.common.dist import is_distributed, rank_world, shard, wrap_ddp
@@ -35,7 +36,8 @@ def check_weights_given(args: Namespace) -> None:
 
 def build_network(args: Namespace,
                   backbone_weights: str | os.PathLike | None = None) -> CAMNet:
-    """The CAM network the config describes (backbone, strides, width, BN mode), on the CPU.
+    """The CAM network the config describes (backbone, strides, width, BN mode, its
+    ``num_classes`` outputs: 21 VOC, 81 COCO), on the CPU.
 
     ``backbone_weights``: a local ImageNet file for the backbone, loaded at construction as
     CAMNet does (METHOD.md 2.1); None = random initialisation. ``args.backbone_weights`` and
@@ -46,8 +48,8 @@ def build_network(args: Namespace,
         kw["strides"] = tuple(args.backbone_strides)
     if args.backbone_width != 1.0:
         kw["width"] = args.backbone_width
-    return CAMNet(args.backbone, num_classes=NUM_CLASSES, backbone_weights=backbone_weights,
-                  **kw)
+    return CAMNet(args.backbone, num_classes=args.num_classes,
+                  backbone_weights=backbone_weights, **kw)
 
 
 def count_parameters(args: Namespace) -> int:
@@ -73,8 +75,34 @@ def build_model(args: Namespace, device: torch.device | str) -> CAMNet:
     backbone, then CAM-net weights ``args.weights`` over the whole network when given."""
     model = build_network(args, backbone_weights=args.backbone_weights)
     if not no_weights(args.weights):
-        load_cam_weights(model, args.weights)
+        load_checkpoint_weights(model, args.weights, read_checkpoint(args.weights))
     return on_device(model, args, device)
+
+
+def class_count_problem(checkpoint: object, path: str | os.PathLike,
+                        num_classes: int) -> str | None:
+    """One line when the CAM checkpoint ``checkpoint`` (read from ``path``) is of another data
+    set than this run's ``num_classes`` (a VOC checkpoint in a COCO run or back), told by the
+    rows of its ``fc.weight``; None when they match, or when they are no data set's class
+    count (another network: ``load_cam_weights`` then reports the mismatched keys)."""
+    fc = state_dict_of(checkpoint, path).get("fc.weight")
+    have = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None
+    if have == num_classes or have not in DESCRIPTIONS:
+        return None
+    want = describe(num_classes)
+    return (f"{path} holds a CAM network of {have} classes ({DESCRIPTIONS[have].title}), "
+            f"this config's num_classes is {num_classes} ({want.title}): use a checkpoint "
+            f"trained on {want.title} or set num_classes {have}")
+
+
+def load_checkpoint_weights(model: CAMNet, path: str | os.PathLike, checkpoint: object) -> None:
+    """Load the weights of the CAM checkpoint ``checkpoint`` (the content of ``path``) into
+    ``model``; a checkpoint of another class count fails first, in one line naming both
+    (:func:`class_count_problem`), every other mismatch as ``load_cam_weights`` reports it."""
+    problem = class_count_problem(checkpoint, path, model.fc.out_features)
+    if problem is not None:
+        raise UserError(problem)
+    load_cam_weights(model, path, checkpoint=checkpoint)
 
 
 def load_trained(args: Namespace, path: str | os.PathLike,
@@ -85,7 +113,7 @@ def load_trained(args: Namespace, path: str | os.PathLike,
     (None when the file records none, e.g. a plain state dict)."""
     ckpt = read_checkpoint(path)
     model = build_network(args)
-    load_cam_weights(model, path, checkpoint=ckpt)
+    load_checkpoint_weights(model, path, ckpt)
     camT = ckpt.get("camT") if isinstance(ckpt, dict) else None
     return on_device(model, args, device), None if camT is None else float(camT)
 
@@ -102,16 +130,19 @@ def ddp_model(module: nn.Module, device: torch.device, sync_bn: bool = False) ->
 
 
 def build_loaders(args: Namespace) -> tuple[TrainDataset, MultiScaleDataset]:
+    """The training set and this rank's share of the validation set, with labels of the
+    config's ``num_classes - 1`` foreground classes."""
     cls_labels = load_cls_labels(args.cls_labels)
+    num_fg = describe(args.num_classes).num_fg
     train_ds = TrainDataset(
         load_img_name_list(args.train_list), args.voc12_root, cls_labels,
         crop_size=args.crop_size, view_size=args.view_size,
         resize_long=tuple(args.resize_long), view_min_side=args.view_min_side,
         seed=args.seed, jitter=tuple(args.jitter),
-        with_views=args.pixpro_start < args.max_epoches)
+        with_views=args.pixpro_start < args.max_epoches, num_fg=num_fg)
     # each rank validates its share of the list; the confusion counts are summed afterwards
     val_ds = MultiScaleDataset(shard(load_img_name_list(args.val_list)), args.voc12_root,
-                               cls_labels, scales=args.val_scales)
+                               cls_labels, scales=args.val_scales, num_fg=num_fg)
     return train_ds, val_ds
 
 

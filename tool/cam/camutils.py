@@ -20,7 +20,8 @@ def cam_maxnorm(cams: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def cam_softmaxnorm(cams: torch.Tensor) -> torch.Tensor:
-    """Softmax over the 20 foreground channels, background = 1 - max: (N, 21, H, W) -> same.
+    """Softmax over the C - 1 foreground channels, background = 1 - max: (N, C, H, W) -> same
+    (C = num_classes: 21 VOC, 81 COCO).
 
     Input channel 0 is ignored; absent classes take part in the softmax (METHOD.md 3).
     """

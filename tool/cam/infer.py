@@ -21,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import MultiScaleDataset
+from data.description import describe
 from data.preflight import DatasetCheck
 from data.voc import (
-    NUM_CLASSES,
     image_path,
     load_cls_labels,
     load_image,
@@ -67,12 +67,13 @@ def output_paths(args: Namespace, name: str) -> dict[str, Path]:
 
 
 def label_from_dict(d: dict[int, np.ndarray], camT: float, size_hw: tuple[int, int],
-                    image: np.ndarray | None = None, crf: CRFParams | None = None
-                    ) -> np.ndarray:
-    """Label map (H, W) uint8 from a present-class dict: background = camT, argmax, or the
-    dense CRF over background + present classes when ``image`` (H, W, 3 uint8) is given
-    (settings ``crf``, None: the released ones; METHOD.md 6 step 5)."""
-    maps = np.zeros((NUM_CLASSES, *size_hw), np.float32)
+                    image: np.ndarray | None = None, crf: CRFParams | None = None, *,
+                    num_classes: int) -> np.ndarray:
+    """Label map (H, W) uint8, values 0..num_classes - 1, from a present-class dict (keys
+    0..num_classes - 2): background = camT, argmax, or the dense CRF over background + present
+    classes when ``image`` (H, W, 3 uint8) is given (settings ``crf``, None: the released
+    ones; METHOD.md 6 step 5). ``num_classes``: the run's (21 VOC, 81 COCO), the CRF's C."""
+    maps = np.zeros((num_classes, *size_hw), np.float32)
     maps[0] = camT
     for k, m in d.items():
         maps[k + 1] = m
@@ -85,7 +86,8 @@ def label_from_dict(d: dict[int, np.ndarray], camT: float, size_hw: tuple[int, i
 
 def infer_one(model, sample: dict, args: Namespace, camT: float, device: torch.device,
               crf: CRFParams | None) -> None:
-    """Forward all passes of one image and write every requested output."""
+    """Forward all passes of one image and write every requested output (the data set of
+    ``args.num_classes``: dict keys 0..num_classes - 2, label values 0..num_classes - 1)."""
     name, size = sample["name"], tuple(sample["size"])
     paths = output_paths(args, name)
     cam, sgc, _ = msf_cams(model, sample["img"], size, device)
@@ -94,11 +96,12 @@ def infer_one(model, sample: dict, args: Namespace, camT: float, device: torch.d
         save_npy_dict(paths["cam_npy"], present_dict(cam, sample["label"]))
     if "png" in paths or "vis" in paths:
         rgb = np.asarray(load_image(image_path(args.voc12_root, name)))
-        label = label_from_dict(sgc_d, camT, size, rgb if args.crf else None, crf)
+        label = label_from_dict(sgc_d, camT, size, rgb if args.crf else None, crf,
+                                num_classes=args.num_classes)
         if "png" in paths:
             save_label_png(label, paths["png"])
         if "vis" in paths:
-            save_overlay(paths["vis"], rgb, sgc_d, label)
+            save_overlay(paths["vis"], rgb, sgc_d, label, describe(args.num_classes).palette())
     if "npy" in paths:  # written last: its presence marks the image as done
         save_npy_dict(paths["npy"], sgc_d)
 
@@ -114,7 +117,8 @@ def preflight(args: Namespace, decode: bool = False) -> str:
     problems = Problems()
     if not no_weights(args.weights) and not Path(args.weights).is_file():
         problems.add(f"--weights file not found: {args.weights}")
-    data = DatasetCheck(problems, args.voc12_root, args.cls_labels, decode=decode)
+    data = DatasetCheck(problems, args.voc12_root, args.cls_labels, decode=decode,
+                        num_fg=describe(args.num_classes).num_fg)
     data.split(args.infer_list, images=shard)
     data.finish()
     folders = output_folders(args)
@@ -201,7 +205,7 @@ def run(args: Namespace, model: torch.nn.Module, camT: float) -> int:
     if not todo:
         return 0
     ds = MultiScaleDataset(todo, args.voc12_root, load_cls_labels(args.cls_labels),
-                           scales=args.infer_scales)
+                           scales=args.infer_scales, num_fg=describe(args.num_classes).num_fg)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.num_workers)
     crf = CRFParams.from_config(args) if args.crf else None  # once per run
     model.eval().to(device)

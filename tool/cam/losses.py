@@ -1,8 +1,9 @@
 """Training losses of METHOD.md section 4: classification, ER, IMC, PixPro, EMD and PL-Mix losses.
 
-Shapes: N = batch, C = 21 channels (index 0 = background), K = 20 foreground classes.
-``labels`` is the (N, K) float multi-hot label and ``label_bg`` = [1, labels] is (N, C).
-Every function is pure and creates its tensors on the device of its inputs.
+Shapes: N = batch, C = num_classes channels (index 0 = background; 21 VOC, 81 COCO), K = C - 1
+foreground classes. ``labels`` is the (N, K) float multi-hot label and ``label_bg`` = [1, labels]
+is (N, C). No function needs the class count: each reads it from its inputs' shapes. Every
+function is pure and creates its tensors on the device of its inputs.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.voc import IGNORE_INDEX, NUM_CLASSES
+from data.voc import IGNORE_INDEX
 from tool.common.errors import UserError
 
 MIX_SEG_KINDS = ("focal", "ce", "focal_ce")
@@ -309,27 +310,31 @@ def mix_seg_loss(P: torch.Tensor, Y: torch.Tensor, kind: str, *,
     raise UserError(f"unknown mix loss {kind!r}; expected one of {', '.join(MIX_SEG_KINDS)}")
 
 
-def _soft_sums(P: torch.Tensor, Y: torch.Tensor, num_classes: int,
+def _soft_sums(P: torch.Tensor, Y: torch.Tensor, num_classes: int | None,
                probs_as_logits: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Whole-batch sums (sum Q*O, sum Q, sum O) of SoftIoU/SoftDice (METHOD.md 4.9-4.10).
 
-    Q = softmax(P) as released (Q3) or P itself (fix); O = one-hot(Y), zero rows at 255.
+    Q = softmax(P) as released (Q3) or P itself (fix); O = one-hot(Y) over ``num_classes``
+    (None: P's C channels), zero rows at 255.
     """
     q = torch.softmax(P, dim=1) if probs_as_logits else P
-    o = _one_hot(Y, num_classes).to(q.dtype)
+    o = _one_hot(Y, P.shape[1] if num_classes is None else num_classes).to(q.dtype)
     return (q * o).sum(), q.sum(), o.sum()
 
 
-def soft_iou_loss(P: torch.Tensor, Y: torch.Tensor, num_classes: int = NUM_CLASSES, *,
+def soft_iou_loss(P: torch.Tensor, Y: torch.Tensor, num_classes: int | None = None, *,
                   probs_as_logits: bool = True, smooth: float = 1.0) -> torch.Tensor:
-    """SoftIoU over the whole batch (METHOD.md 4.9): P (N, C, H, W), Y (N, H, W) long -> scalar."""
+    """SoftIoU over the whole batch (METHOD.md 4.9): P (N, C, H, W), Y (N, H, W) long -> scalar.
+
+    ``num_classes``: the one-hot width of Y; None (the stages' call) = C, P's channels."""
     inter, sq, so = _soft_sums(P, Y, num_classes, probs_as_logits)
     return 1 - (inter + smooth) / (sq + so - inter + smooth)
 
 
-def soft_dice_loss(P: torch.Tensor, Y: torch.Tensor, num_classes: int = NUM_CLASSES, *,
+def soft_dice_loss(P: torch.Tensor, Y: torch.Tensor, num_classes: int | None = None, *,
                    probs_as_logits: bool = True, smooth: float = 1.0) -> torch.Tensor:
-    """Whole-batch SoftDice (METHOD.md 4.10): P (N, C, H, W), Y (N, H, W) long -> scalar."""
+    """Whole-batch SoftDice (METHOD.md 4.10): P (N, C, H, W), Y (N, H, W) long -> scalar;
+    ``num_classes`` as for :func:`soft_iou_loss`."""
     inter, sq, so = _soft_sums(P, Y, num_classes, probs_as_logits)
     return 1 - (2 * inter + smooth) / (sq + so + smooth)
 

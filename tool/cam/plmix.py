@@ -1,7 +1,8 @@
 """PL-Mix operations of METHOD.md 5.5: partner choice, pseudo labels, own-pair augmentation, mixing.
 
 Tensors are torch and stay on the input's device; the OpenCV steps round-trip through the CPU.
-Random draws come from explicit generators (D6).
+Random draws come from explicit generators (D6). C = num_classes channels (21 VOC, 81 COCO),
+read from the maps' shape; label ids 0..C-1 (uint8 on the OpenCV side: any C <= 255).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def union_labels(labels: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 def pseudo_label_maps(maps: torch.Tensor, label_bg: torch.Tensor, T: float) -> torch.Tensor:
     """M = float16(cam_maxnorm(maps) * label_bg) with M[:, 0] = float16(T) (Q21).
 
-    maps (N, 21, H, W); label_bg (N, 21) or (N, 21, 1, 1) -> (N, 21, H, W) float16.
+    maps (N, C, H, W); label_bg (N, C) or (N, C, 1, 1) -> (N, C, H, W) float16.
     """
     n = maps.shape[0]
     m = cam_maxnorm(maps) * label_bg.reshape(n, -1, 1, 1).to(maps.dtype)
@@ -65,8 +66,9 @@ def crf_pseudo_labels(images: np.ndarray | torch.Tensor, maps: torch.Tensor,
 
     images: (N, 3, H, W) uint8 (the de-normalised batch, numpy or torch); maps, label_bg as for
     ``pseudo_labels``; the same float16 M is the CRF input. params: the CRF settings;
-    params.reduced=False (default) is the released 21-label CRF, params.reduced=True runs
-    background + present classes (``tool.crf.crf_labels``).
+    params.reduced=False (default) is the released CRF over all C labels, params.reduced=True
+    runs background + present classes (``tool.crf.crf_labels``); either way the absent
+    classes' uniform unary is (1 - s) / C with C = maps.shape[1], which the pool's jobs carry.
     pool: a ``CRFPool`` reused across calls (None: in this process, one image after another).
     """
     return start_crf_pseudo_labels(images, maps, label_bg, T, pool=pool, params=params).result()

@@ -6,6 +6,9 @@ needs) and one backward: the contract DistributedDataParallel needs. The overlap
 (``crf_overlap``, METHOD.md 5.4.1) splits step 1 into two forwards and two backwards, the first
 under DDP's ``no_sync()``, so its gradients are still all-reduced once. Under DDP the partner
 permutation and the image-level contrast stay within each process's batch.
+
+Shapes: C = num_classes (21 VOC, 81 COCO) as the network outputs it, K = C - 1 foreground
+classes; nothing here is told the count, every part reads it from its tensors.
 """
 from __future__ import annotations
 
@@ -175,7 +178,7 @@ def _step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> No
 def main_losses(model, img: torch.Tensor, label: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     """Step-1 loss: classification + ER, IMC from its epoch, the PL-Mix branch from its epoch.
 
-    img (N, 3, S, S) normalised, label (N, 20) multi-hot -> scalar loss.
+    img (N, 3, S, S) normalised, label (N, K) multi-hot -> scalar loss.
     """
     loss, pending = first_losses(model, img, label, ctx)
     if pending is not None:
@@ -188,7 +191,7 @@ def first_losses(model, img: torch.Tensor, label: torch.Tensor, ctx: StepContext
     """The main pass's losses (classification + ER, IMC from its epoch) and, from
     ``mix_start``, the PL-Mix branch up to its pseudo labels (``plmix_start``; None before).
 
-    img (N, 3, S, S) normalised, label (N, 20) multi-hot -> (scalar loss, pending branch).
+    img (N, 3, S, S) normalised, label (N, K) multi-hot -> (scalar loss, pending branch).
     """
     a = ctx.args
     cam, sgc, emb, logits = model(img, "cam")
@@ -210,7 +213,7 @@ def first_losses(model, img: torch.Tensor, label: torch.Tensor, ctx: StepContext
 class PendingMix:
     """The PL-Mix branch between its pseudo labels' start and the mix pass (METHOD.md 5.5).
 
-    img, partner_img: (N, 3, S, S) normalised; label: (N, 20); perm: (N,) partner indices;
+    img, partner_img: (N, 3, S, S) normalised; label: (N, K); perm: (N,) partner indices;
     labels: waits for the own and partner pseudo labels, (2N, S, S) long (own first).
     """
     img: torch.Tensor
@@ -224,7 +227,7 @@ def plmix_losses(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tenso
                  ctx: StepContext) -> torch.Tensor:
     """METHOD.md 5.5: partner, pseudo labels, augmentation, mix image/label, mix forward, losses.
 
-    sam: (N, 21, H, W) softmax-normalised SGC of the main (train-mode) pass, detached.
+    sam: (N, C, H, W) softmax-normalised SGC of the main (train-mode) pass, detached.
     """
     return plmix_finish(model, plmix_start(model, img, label, sam, ctx), ctx)
 
@@ -234,7 +237,7 @@ def plmix_start(model, img: torch.Tensor, label: torch.Tensor, sam: torch.Tensor
     """METHOD.md 5.5 steps 1-4: partner (from ``ctx.gen``), partner map (eval mode, no grad),
     and the pseudo labels started (with ``crf`` they may still be computing on return).
 
-    img (N, 3, S, S), label (N, 20), sam (N, 21, S, S) as for ``plmix_losses``.
+    img (N, 3, S, S), label (N, K), sam (N, C, S, S) as for ``plmix_losses``.
     """
     a = ctx.args
     label_bg = L.with_background(label)
@@ -287,7 +290,7 @@ def start_pseudo_labels(images: torch.Tensor, maps: torch.Tensor, label_bg: torc
     returns the call that waits for them. Without CRF they are computed here; with it the CRF
     runs in ``ctx.crf_pool`` meanwhile.
 
-    images (M, 3, S, S) normalised, maps (M, 21, S, S), label_bg (M, 21); the call returns
+    images (M, 3, S, S) normalised, maps (M, C, S, S), label_bg (M, C); the call returns
     (M, S, S) long.
     """
     if ctx.crf is None:

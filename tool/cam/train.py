@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import collate_train
+from data.description import describe
 from data.preflight import DatasetCheck
 from data.voc import image_path, load_image
 from tool.cam.build import (
@@ -33,7 +34,7 @@ from tool.cam.infer import label_from_dict
 from tool.cam.msf import msf_cams, present_dict
 from tool.cam.step import StepContext, TrainLosses, crf_overlap_on, train_step
 from tool.cam.validate import ValResult, validate
-from tool.cam.vis import heatmap, label_overlay
+from tool.cam.vis import overlay_panel
 from tool.common.dist import is_main, rank_world
 from tool.common.engine import (  # noqa: F401 - resume_command: train_mcl.py's
     EngineConfig,
@@ -128,7 +129,8 @@ class CAMStage(Stage):
     def end_epoch(self, epoch: int) -> EpochResult:
         a = self.args
         val = validate(self.net, self.val_loader, a.gt if a.select_with_gt else None,
-                       self.thresholds, self.device, progress=is_main())
+                       self.thresholds, self.device, progress=is_main(),
+                       num_classes=a.num_classes)
         score = selection_score(val, a.select_with_gt)
         self.scheduler.step(score)  # the same summed counts, so the same step on every rank
         row = {"camT": self.camT, "best_t": val.best_t, "miou": val.best_miou,
@@ -152,13 +154,15 @@ class CAMStage(Stage):
     @torch.no_grad()
     def log_images(self, writer: Any, epoch: int) -> None:
         """Image | CAM heat map | label at camT for the first validation images."""
+        palette = describe(self.args.num_classes).palette()
         for i in range(min(N_OVERLAYS, len(self.val_set))):
             sample = self.val_set[i]
             _, sgc, _ = msf_cams(self.net, sample["img"], sample["size"], self.device)
             cams = present_dict(sgc, sample["label"])
             rgb = np.asarray(load_image(image_path(self.args.voc12_root, sample["name"])))
-            label = label_from_dict(cams, self.camT, rgb.shape[:2])
-            panel = np.concatenate([rgb, heatmap(rgb, cams), label_overlay(rgb, label)], 1)
+            label = label_from_dict(cams, self.camT, rgb.shape[:2],
+                                    num_classes=self.args.num_classes)
+            panel = overlay_panel(rgb, cams, label, palette)
             writer.add_image(f"cam/{sample['name']}", panel, epoch, dataformats="HWC")
 
 
@@ -197,7 +201,8 @@ def preflight(args: Namespace, decode: bool = False) -> str:
     except UserError as e:
         problems.add(str(e))
     check_input_files(problems, args, ("weights", "backbone_weights"))
-    data = DatasetCheck(problems, args.voc12_root, args.cls_labels, decode=decode)
+    data = DatasetCheck(problems, args.voc12_root, args.cls_labels, decode=decode,
+                        num_fg=describe(args.num_classes).num_fg)
     data.split(args.train_list, require_foreground=True)
     # the released protocol reads the validation masks every epoch: check them now, not after
     # the first epoch has trained

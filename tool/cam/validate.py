@@ -9,7 +9,8 @@ classification mAP over the validation list (which needs image labels only) come
 
 Under torchrun each rank scores its share of the list; the integer confusion counts and the
 (image x class) score matrix are summed over the ranks, so every rank gets exactly the
-single-process numbers.
+single-process numbers. The class count is the run's ``num_classes`` (21 VOC, 81 COCO): C x C
+confusion counts, C - 1 image-level classes.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.voc import NUM_CLASSES, NUM_FG, load_mask
+from data.voc import NUM_CLASSES, load_mask
 from tool.cam.msf import msf_cams, msf_scores, present_dict
 from tool.common.dist import all_reduce_sum, rank_world
 from tool.eval.evaluation import CurveResult, confusion_npy
@@ -59,14 +60,14 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _validation_pass(model: torch.nn.Module, loader, gt_dir: str | Path | None,
-                     thresholds: np.ndarray, device: torch.device, progress: bool
-                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """This rank's confusion counts (T, 21, 21) (None without ``gt_dir``) and the scores and
-    labels (n_local, 20) of its images, in loader order."""
+                     thresholds: np.ndarray, device: torch.device, progress: bool,
+                     num_classes: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """This rank's confusion counts (T, C, C) (None without ``gt_dir``) and the scores and
+    labels (n_local, C - 1) of its images, in loader order; C = ``num_classes``."""
     was_training = model.training
     model.eval()
     conf = (None if gt_dir is None else
-            np.zeros((len(thresholds), NUM_CLASSES, NUM_CLASSES), np.int64))
+            np.zeros((len(thresholds), num_classes, num_classes), np.int64))
     scores, labels = [], []
     for sample in tqdm(loader, desc="validate", leave=False, disable=not progress):
         if gt_dir is None:  # no CAM needed: the classifier alone
@@ -76,10 +77,11 @@ def _validation_pass(model: torch.nn.Module, loader, gt_dir: str | Path | None,
             scores.append(s)
             pred = present_dict(sgc, sample["label"])
             conf += confusion_npy(pred, load_mask(Path(gt_dir) / f"{sample['name']}.png"),
-                                  thresholds)
+                                  thresholds, num_classes=num_classes)
         labels.append(np.asarray(sample["label"], np.float64))
     model.train(was_training)
-    return conf, np.reshape(scores, (-1, NUM_FG)), np.reshape(labels, (-1, NUM_FG))
+    num_fg = num_classes - 1
+    return conf, np.reshape(scores, (-1, num_fg)), np.reshape(labels, (-1, num_fg))
 
 
 def _gather_rows(rows: np.ndarray, device: torch.device) -> np.ndarray:
@@ -93,13 +95,16 @@ def _gather_rows(rows: np.ndarray, device: torch.device) -> np.ndarray:
 
 
 def validate(model: torch.nn.Module, loader, gt_dir: str | Path | None, thresholds: np.ndarray,
-             device: torch.device, progress: bool = True) -> ValResult:
+             device: torch.device, progress: bool = True, *,
+             num_classes: int = NUM_CLASSES) -> ValResult:
     """Score ``loader`` (this rank's share of the list, see ``tool.common.dist.shard``) over all
     ranks.
 
-    ``gt_dir`` None: the GT-free protocol (mAP only; no mask is opened).
+    ``gt_dir`` None: the GT-free protocol (mAP only; no mask is opened). ``num_classes``: the
+    run's (the trainer passes ``args.num_classes``), the network's output channels.
     """
-    conf, scores, labels = _validation_pass(model, loader, gt_dir, thresholds, device, progress)
+    conf, scores, labels = _validation_pass(model, loader, gt_dir, thresholds, device, progress,
+                                            num_classes)
     cls_map = mean_average_precision(_gather_rows(scores, device),
                                      _gather_rows(labels, device))
     if conf is None:

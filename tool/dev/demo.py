@@ -84,7 +84,8 @@ def infer_and_eval(cfg: str, voc: str, weights: Path, folder: Path, val_list: st
     infer.run_checkpoint(args)
     names = load_img_name_list(val_list)
     workers = ev.default_num_workers()
-    curve = ev.evaluate(names, npy, gt, "npy", ev.parse_t_range(ev.DEFAULT_T_RANGE), workers)
+    curve = ev.evaluate(names, npy, gt, "npy", ev.parse_t_range(ev.DEFAULT_T_RANGE), workers,
+                        num_classes=args.num_classes)
     report.save_result(curve, folder / "eval.json", folder / "curve.png", folder / "eval.log",
                        f"demo {folder.name}",
                        {"list": val_list, "predict_dir": str(npy), "gt_dir": gt, "type": "npy",
@@ -92,7 +93,7 @@ def infer_and_eval(cfg: str, voc: str, weights: Path, folder: Path, val_list: st
     print("\n".join(report.printed_lines(curve)))
     if t is None:
         return {"t": curve.best_t, "miou": curve.best_miou, "curve": curve.to_json()}
-    at_t = ev.evaluate(names, npy, gt, "npy", [t], workers)
+    at_t = ev.evaluate(names, npy, gt, "npy", [t], workers, num_classes=args.num_classes)
     print("\n".join(report.printed_lines(at_t)))
     return {"t": t, "miou": at_t.best_miou, "curve": curve.to_json()}
 
