@@ -71,7 +71,8 @@ def test_81_classes_through_all_three_stages(tiny_config, coco_root, tmp_path):
                          for n in load_img_name_list(train)))
     assert keys and max(keys) > 19 and keys <= set(range(80))  # 0-based COCO classes
     cam = eval_cam.main(["--list", str(val), "--predict_dir", str(run / "cam_val"), "--gt_dir",
-                         str(gt), "--type", "npy", "--num_classes", "81", "--num_workers", "0"])
+                         str(gt), "--type", "npy", "--curve", "--num_classes", "81",
+                         "--num_workers", "0"])
     assert cam.confusion.shape[1:] == (81, 81) and list(cam.per_class) == list(CAT_NAMES)
 
     # stage 2: IR labels, IRN, the random walk (soft output: 81 channels)

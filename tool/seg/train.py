@@ -233,13 +233,15 @@ class SegStage(Stage):
 def preflight(args: Namespace) -> str:
     """Every check of stage 3's inputs (METHOD.md 12.7) in one PreflightError; returns a
     summary for the log."""
+    from data.description import describe
     from data.preflight import DatasetCheck
     from data.seg_dataset import check_seg_labels
     from tool.common.preflight import Problems, check_input_files, check_output_folder
 
     problems = Problems()
     check_input_files(problems, args, ("seg_backbone_weights", "seg_init_from_cam"))
-    data = DatasetCheck(problems, args.voc12_root, args.cls_labels)
+    data = DatasetCheck(problems, args.voc12_root, args.cls_labels,
+                        num_fg=describe(args.num_classes).num_fg)
     names = data.split(args.seg_train_list)
     data.split(args.seg_val_list, gt_dir=args.gt)
     data.finish()
