@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-CONFIG=configs/toy.yaml          # configs/voc12_effb3.yaml for the released VOC run
+# CONFIG (edit here, or CONFIG=... ./run_infer.sh): configs/voc12_effb3.yaml for the released VOC run
+CONFIG=${CONFIG:-configs/toy.yaml}
 CRF=False                        # True: CRF-refined label PNGs (pseudo labels for segmentation)
 PY=${PY:-.venv/bin/python}
 NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per GPU); 1 = plain

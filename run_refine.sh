@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-CONFIG=configs/toy.yaml          # configs/voc12_effb3.yaml for the released VOC run
+# CONFIG (edit here, or CONFIG=... ./run_refine.sh): configs/voc12_effb3.yaml for the released VOC run
+CONFIG=${CONFIG:-configs/toy.yaml}
 PY=${PY:-.venv/bin/python}
 NPROC=${NPROC:-1}                # processes on this machine (torchrun; one per GPU); 1 = plain
 

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-CONFIG=configs/toy.yaml          # configs/voc12_effb3.yaml | voc12_resnet50.yaml | voc12_resnet38.yaml | coco14_effb3.yaml | toy_coco.yaml
+# CONFIG (edit here, or CONFIG=... ./run_train.sh): configs/toy.yaml | voc12_effb3.yaml |
+# voc12_resnet50.yaml | voc12_resnet38.yaml | coco14_effb3.yaml | coco14_resnet50.yaml | toy_coco.yaml
+CONFIG=${CONFIG:-configs/toy.yaml}
 BACKBONE_WEIGHTS=None            # VOC: the local ImageNet checkpoint named in README
 DEVICE=auto
 PY=${PY:-.venv/bin/python}

@@ -100,10 +100,12 @@ def stop_after_epoch_0(main, args: list[str]) -> None:
         engine.Engine.train_epoch = real
 
 
-def run_script_steps(script: str, argv: list[str], tmp_path: Path) -> list[str]:
+def run_script_steps(script: str, argv: list[str], tmp_path: Path,
+                     env: dict[str, str] | None = None) -> list[str]:
     """Run the repository's ``script`` (run_refine.sh, ...) with a stand-in interpreter that
     records the command line of each Python step instead of running it (``-m`` calls, the
-    config lookups, run for real); returns the recorded lines, in order."""
+    config lookups, run for real); returns the recorded lines, in order. ``env``: more
+    environment variables (``CONFIG``)."""
     import subprocess
     import sys
 
@@ -112,7 +114,7 @@ def run_script_steps(script: str, argv: list[str], tmp_path: Path) -> list[str]:
     py.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -m ]; then exec {sys.executable} "$@"; fi\n'
                   f'echo "$@" >> {log}\n')
     py.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PY": str(py), "NPROC": "1"}
+    env = {"PATH": "/usr/bin:/bin", "PY": str(py), "NPROC": "1", **(env or {})}
     root = Path(__file__).resolve().parents[1]
     res = subprocess.run(["bash", str(root / script), *argv], env=env, capture_output=True,
                          text=True, timeout=60)

@@ -19,10 +19,16 @@ def test_run_seg_calls_the_four_steps(tmp_path):
 
 
 def test_run_scripts_pass_the_class_count_to_every_step(tmp_path):
-    """``--num_classes 81`` (COCO) reaches the steps that get resolved values instead of "$@"
-    (the extra walk or CAM inference) and the evaluation, whose flags are its own."""
-    refine = run_script_steps("run_refine.sh", ["--num_classes", "81"], tmp_path)
-    (tmp_path / "s").mkdir()
-    seg = run_script_steps("run_seg.sh", ["--num_classes", "81"], tmp_path / "s")
-    for c in refine + seg:
-        assert "--num_classes 81" in c, c
+    """``--num_classes 81`` (COCO), or a COCO config chosen with ``CONFIG=``, reaches the steps
+    that get resolved values instead of "$@" (the extra walk or CAM inference) and the
+    evaluation, whose flags are its own."""
+    for i, (argv, env) in enumerate([(["--num_classes", "81"], None),
+                                     ([], {"CONFIG": "configs/toy_coco.yaml"})]):
+        for script in ("run_refine.sh", "run_seg.sh"):
+            (tmp_path / f"{i}{script}").mkdir()
+            for c in run_script_steps(script, argv, tmp_path / f"{i}{script}", env):
+                # the evaluation has no config: the count is given; other steps read the
+                # config, or get the count with the resolved values
+                given = "--num_classes 81" in c
+                assert given or (env and "--config configs/toy_coco.yaml" in c), c
+                assert given or not c.startswith("eval_cam.py"), c
