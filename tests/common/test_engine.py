@@ -148,3 +148,17 @@ def test_iterations_per_epoch(monkeypatch):
     with pytest.raises(UserError, match=r"--b 8 is more than the 13 images of l.txt split "
                                         r"among 2 processes"):
         iterations_per_epoch(13, 8, "--b", "l.txt")
+
+
+def test_network_of_names_the_saved_networks_differences():
+    from tool.common.engine import network_of
+
+    here = {"model": {"backbone": "resnet18", "backbone_width": 0.5}, "data": {"num_classes": 81}}
+    voc = {"config": {"model": {"backbone": "resnet18", "backbone_width": 0.25},
+                      "data": {"num_classes": 21}}}
+    assert network_of(voc, here) == "a resnet18 (backbone_width 0.25, num_classes 21)"
+    same = {"config": {"model": dict(here["model"]), "data": {"num_classes": 81}}}
+    assert network_of(same, here) == "a resnet18"
+    old = {"config": {"model": dict(here["model"])}}  # saved before the num_classes key
+    assert network_of(old, here) == "a resnet18"
+    assert network_of({"model": {}}, here) == "another network's"

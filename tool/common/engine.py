@@ -527,15 +527,21 @@ def check_resumable(ckpt: dict, path: Path) -> None:
 
 
 def network_of(ckpt: dict, config: dict) -> str:
-    """"a resnet18" / "a resnet18 (backbone_width 0.25)": the network the checkpoint's saved
-    config names, with the model options that differ from ``config`` (this run's)."""
-    there = ckpt.get("config", {}).get("model") if isinstance(ckpt.get("config"), dict) else None
+    """"a resnet18" / "a resnet18 (backbone_width 0.25, num_classes 21)": the network the
+    checkpoint's saved config names, with the model options and the class count that differ
+    from ``config`` (this run's)."""
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    there = saved.get("model")
     if not isinstance(there, dict) or "backbone" not in there:
         return "another network's"
-    here = config.get("model", {}) if isinstance(config, dict) else {}
+    config = config if isinstance(config, dict) else {}
+    here = config.get("model", {})
     diff = [f"{k} {there[k]}" for k in sorted(there)
             if k != "backbone" and not k.endswith("weights") and k in here
             and there[k] != here[k]]
+    n_there, n_here = (c.get("data", {}).get("num_classes") for c in (saved, config))
+    if n_there is not None and n_here is not None and n_there != n_here:
+        diff.append(f"num_classes {n_there}")  # a run on the other data set (VOC / COCO)
     return f"a {there['backbone']}" + (f" ({', '.join(diff)})" if diff else "")
 
 
