@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 TOY    ?= data/toy_voc
 # pytest processes for `make test`; each test runs one torch thread (tiny tensors)
 TEST_WORKERS ?= 2
+# more pytest arguments, e.g. PYTEST_ARGS="-m 'not slow'" (a quick loop without the ~20 slow tests)
+PYTEST_ARGS ?=
 
 .PHONY: demo demo-pretrained test lint bench ablation toy clean-runs help
 
@@ -40,7 +42,7 @@ demo-pretrained: toy
 
 test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

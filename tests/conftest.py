@@ -101,3 +101,4 @@ def trained(tiny_config, tmp_path):
     train_mcl.main(["--config", str(tiny_config), "--session_name", str(tmp_path / "run"),
                     "--max_epoches", "1", "--plmix", "False"])
     return tmp_path / "run" / "last.ckpt"
+

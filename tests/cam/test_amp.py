@@ -47,6 +47,7 @@ def _train(cfg, out, *extra):
     return train_mcl.main(["--config", str(cfg), "--session_name", str(out), *extra])
 
 
+@pytest.mark.slow
 def test_bf16_training_and_inference_run(tiny_config, tmp_path):
     _train(tiny_config, tmp_path / "r", "--amp")  # 2 epochs: every loss of the schedule
     rows = read_metrics(tmp_path / "r" / "metrics.csv")
@@ -67,6 +68,7 @@ def test_bf16_training_and_inference_run(tiny_config, tmp_path):
             assert np.abs(m - outs["False"][name][k]).mean() < 0.05, (name, k)
 
 
+@pytest.mark.slow
 def test_fp16_with_loss_scaling_resumes_exactly(tiny_config, tmp_path):
     fp16 = ["--amp", "--amp_dtype", "fp16"]
     _train(tiny_config, tmp_path / "straight", *fp16)

@@ -73,6 +73,7 @@ def test_resume_of_a_checkpoint_without_model_is_one_line(tiny_config, trained):
     assert "use --weights instead of --resume" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_another_networks_checkpoint_is_one_line(tiny_config, trained, tmp_path):
     run = str(trained.parent)
     with pytest.raises(UserError) as e:  # the same backbone, twice as wide

@@ -44,6 +44,7 @@ def worker(task: str, cfg: Path, out: Path, *extra: str) -> None:
     torchrun("tests/cam/ddp_worker.py", task, cfg, out, *extra)
 
 
+@pytest.mark.slow
 def test_ddp_ranks_keep_identical_parameters(tiny_config, tmp_path):
     """... also with the overlapped step (METHOD.md 5.4.1): the main loss's gradients,
     accumulated under no_sync(), are all-reduced with the mix loss's (each rank has its own
@@ -57,6 +58,7 @@ def test_ddp_ranks_keep_identical_parameters(tiny_config, tmp_path):
         assert torch.equal(p, r1["params"][name]), name
 
 
+@pytest.mark.slow
 def test_ddp_same_batches_equal_one_process(tiny_config, tmp_path):
     """Averaging two equal gradients is exact, so 2 ranks on the same batches must be one
     process, bit for bit; this also proves DDP leaves the unused ``fc`` of the view step alone
@@ -78,6 +80,7 @@ def _kill_workers(agent: subprocess.Popen) -> None:
     agent.wait(timeout=120)
 
 
+@pytest.mark.slow
 def test_killed_ddp_run_resumes_exactly(tiny_config, tmp_path):
     # batch 2: 3 iterations per rank and epoch, a checkpoint after each; the kill lands in
     # epoch 1 (the view losses' first), wherever the agent's SIGKILL catches the workers
@@ -105,6 +108,7 @@ def test_killed_ddp_run_resumes_exactly(tiny_config, tmp_path):
     assert log.count("last.ckpt (epoch 0)") == 1  # rank 0 alone logs and saves
 
 
+@pytest.mark.slow
 def test_distributed_validation_equals_single_process(tiny_config, toy_voc, trained,
                                                       tmp_path):
     names = (toy_voc / "ImageSets/Segmentation/train_aug.txt").read_text().split()[:11]
@@ -125,6 +129,7 @@ def test_distributed_validation_equals_single_process(tiny_config, toy_voc, trai
     assert float(got["cls_map"]) == want.cls_map > 0  # score rows gathered in list order
 
 
+@pytest.mark.slow
 def test_torchrun_sharded_inference_is_byte_identical(tiny_config, trained, tmp_path):
     def cmd(out: Path) -> list:
         return ["infer_cam.py", "--config", tiny_config, "--weights", trained,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import train_mcl
@@ -45,6 +46,7 @@ def _stop(proc: subprocess.Popen, out: Path, when: str, sig: int) -> tuple[int, 
     return proc.returncode, err, children
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigkill_mid_epoch_leave_no_child_and_resume_exactly(tiny_config,
                                                                          tmp_path):
     straight = tmp_path / "straight"

@@ -83,6 +83,7 @@ def _copy_voc(toy_voc, tmp_path):
     return voc
 
 
+@pytest.mark.slow
 def test_missing_image_is_one_line_error(tiny_config, toy_voc, tmp_path):
     voc = _copy_voc(toy_voc, tmp_path)
     name = (voc / "ImageSets/Segmentation/train_aug.txt").read_text().split()[0]
@@ -196,6 +197,7 @@ def _same_model(a, b):
     return all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
 
 
+@pytest.mark.slow
 def test_kill_between_best_and_last_then_resume(tiny_config, tmp_path, monkeypatch):
     """best.ckpt is written before last.ckpt: a kill in between leaves last.ckpt at the previous
     epoch (never claiming a best that is not on disk), and --resume puts everything right."""
@@ -374,6 +376,7 @@ def test_preflight_reports_every_problem_before_any_compute(tiny_config, toy_voc
     assert out.read_text() == "a file where the run folder should be"  # nothing written
 
 
+@pytest.mark.slow
 def test_preflight_cli_prints_every_line_and_exits_2(tiny_config, toy_voc, tmp_path):
     voc = _copy_voc(toy_voc, tmp_path)
     names = (voc / "ImageSets/Segmentation/train_aug.txt").read_text().split()

@@ -16,7 +16,8 @@ from tool.common.config import CONFIG_DIR, load_config, parse_config_args
 from tool.common.errors import UserError
 from tool.common.runtime import epoch_generators
 
-CONFIGS = ["voc12_effb3.yaml", "voc12_resnet50.yaml", "voc12_resnet38.yaml",
+CONFIGS = ["voc12_effb3.yaml", "voc12_resnet50.yaml",
+           pytest.param("voc12_resnet38.yaml", marks=pytest.mark.slow),  # 105 M parameters
            "toy_pretrained.yaml"]
 
 

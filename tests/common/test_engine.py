@@ -61,6 +61,7 @@ def straight(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_exact(straight, tmp_path):
     # killed in epoch 2 (the head takes no part but has zeroed gradients Adam steps), after
     # its iteration 3, one past the checkpoint of iteration 2
@@ -74,6 +75,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(straight, tmp_path):
     _same_run(straight, tmp_path)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_iteration_saves_and_resumes_exactly(straight, tmp_path):
     r = _toy(tmp_path, "--signal_at", "1:4:TERM")  # no periodic checkpoints at all
     assert r.returncode == 128 + signal.SIGTERM, r.stderr
@@ -93,6 +95,7 @@ def test_second_signal_exits_at_once(tmp_path):
     assert load_checkpoint(tmp_path / "last.ckpt")["position"] is None  # epoch 0's
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_sigkill_and_sigterm_resume_exactly(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert _toy(ref, procs=2).returncode == 0

@@ -87,6 +87,7 @@ def test_bench_crf_batches_are_realistic(toy_voc):
         make_batch("nope", 1, 8)
 
 
+@pytest.mark.slow
 def test_bench_refine_smoke(tmp_path, capsys):
     """Both engines, each in its own process, on a 40 x 50 image (10 x 13 grid)."""
     res = bench.main(["--only", "refine", "--refine_size", "40,50",
@@ -102,6 +103,7 @@ def test_bench_refine_smoke(tmp_path, capsys):
     assert "labels identical: True" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_reports_one_and_two_processes(tiny_config, toy_voc, capsys):
     res = bench.main(["--only", "train,infer", "--voc12_root", str(toy_voc),
                       "--train_config", str(tiny_config), "--train_iters", "1",

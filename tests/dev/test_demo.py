@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.utils import read_metrics
 from tool.common.checkpoint import load_checkpoint
 from tool.dev import ablation, demo
 
 
+@pytest.mark.slow
 def test_demo_writes_summary_and_outputs(tiny_config, toy_voc, tmp_path, capsys):
     out = tmp_path / "demo"
     s = demo.main(["--config", str(tiny_config), "--voc12_root", str(toy_voc),

@@ -158,6 +158,7 @@ def test_without_displacement(tiny_config, cam_dir, tmp_path):
     assert not torch.equal(trained["fc_edge6.weight"], fresh["fc_edge6.weight"])
 
 
+@pytest.mark.slow
 def test_torchrun_wants_the_labels_first_then_trains(tiny_config, cam_dir, tmp_path):
     """Under torchrun the labels are not made inside the run (the other ranks would wait at
     their first collective past its timeout): one line naming make_ir_labels.py, nothing

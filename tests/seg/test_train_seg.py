@@ -155,6 +155,7 @@ def test_deeplab_recipe_optimizer_and_poly():
     assert heads["lr"] == pytest.approx(2.5e-4) and trunk["lr"] == pytest.approx(2.5e-5)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_validate_as_one(tiny_config, labels, tmp_path):
     """2 Gloo processes (BEACON on, each rank its own sampling stream): the epoch trains, and
     the distributed validation (each rank its share, confusions summed) equals one process
