@@ -90,6 +90,17 @@ def test_per_image_confusions_in_order_with_workers(tmp_path):
     one = paired.per_image_confusions(names, dir_a, gt_dir, "npy", 0.3, num_workers=0)
     two = paired.per_image_confusions(names, dir_a, gt_dir, "npy", 0.3, num_workers=2)
     np.testing.assert_array_equal(one, two)
+    # the bounded-memory form compare_folders uses: the same counts, totals and result
+    for workers in (0, 2):
+        counts, total = paired.per_image_counts(names, dir_a, gt_dir, "npy", 0.3,
+                                                num_workers=workers)
+        np.testing.assert_array_equal(counts, ev.confusion_counts(one))
+        np.testing.assert_array_equal(total, one.sum(axis=0))
+    flipped = one[::-1]  # another "method": the same images' confusions in reverse
+    a, b = paired.paired_test(one, flipped, resamples=40), paired.paired_test_counts(
+        counts, ev.confusion_counts(flipped), total, flipped.sum(axis=0), resamples=40)
+    assert a.to_json() == b.to_json()
+    np.testing.assert_array_equal(a.scores_b, b.scores_b)
 
 
 # ---------------------------------------------------------------- t-test
