@@ -20,6 +20,7 @@ from data.coco import CAT_NAMES
 from data.prepare_coco import prepare_coco
 from data.voc import load_img_name_list, load_mask
 from tool.common.checkpoint import load_checkpoint
+from tool.common.errors import UserError
 
 SEG = Path("ImageSets") / "Segmentation"
 
@@ -64,6 +65,9 @@ def test_81_classes_through_all_three_stages(tiny_config, coco_root, tmp_path):
     state = load_checkpoint(run / "last.ckpt")["model"]
     heads = [v for k, v in state.items() if k.endswith("weight") and v.shape[0] == 81]
     assert heads, "no 81-channel classifier in the stage-1 checkpoint"
+    with pytest.raises(UserError, match=r"last.ckpt holds a resnet18 \(num_classes 81\) "
+                                        r"checkpoint, not this config's network .*fc.weight"):
+        train_mcl.main(["--config", str(tiny_config), "--session_name", str(run), "--resume"])
     for lst, out in ((train, "cam_train"), (val, "cam_val")):
         infer_cam.main(["--config", cfg, "--weights", str(run / "last.ckpt"), "--infer_list",
                         str(lst), "--out_npy", str(run / out), "--crf", "False"])

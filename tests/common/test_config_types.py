@@ -105,6 +105,7 @@ BAD_FLAGS = [
     ("session_name", "None", "must be given (not null, None or empty), got 'None'"),
     ("val_t_range", "0.2:0.5", "expected START:STOP:STEP, got '0.2:0.5'"),
     ("val_t_range", "0.2:0.5:0", "expected 0 <= START < STOP and STEP > 0, got '0.2:0.5:0'"),
+    ("num_classes", "20", "expected one of 21, 81, got '20'"),  # no data set has 20
 ]
 
 
