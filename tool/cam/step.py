@@ -25,10 +25,12 @@ from torch import nn
 from tool.cam import losses as L
 from tool.cam import plmix
 from tool.cam.camutils import cam_maxnorm, cam_softmaxnorm, color_denorm
+from tool.common.config import AUTO_BOOL
 from tool.crf import CRFParams
 
-# crf_overlap (configs/base.yaml): auto = on with CUDA, off on the CPU (METHOD.md 5.4.1)
-OVERLAP_MODES = ("auto", "true", "false")
+# crf_overlap (configs/base.yaml), an auto-or-boolean key: auto = on with CUDA, off on the CPU
+# (METHOD.md 5.4.1)
+OVERLAP_MODES = AUTO_BOOL
 
 
 @dataclass
